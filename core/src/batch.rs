@@ -1,0 +1,628 @@
+//! Batch planning: the pure core of group commit.
+//!
+//! A shard writer collects commands into a batch, prefetches what they need into a
+//! [`Snapshot`] (account states, idempotency records, external-reference claims, the
+//! transactions to be reversed), and calls [`plan_batch`]. Commands are decided in
+//! order, each against the state the earlier ones left, and a refused command never
+//! affects its neighbours. The plan holds one [`Outcome`] per command and the [`Writes`]
+//! that make the accepted ones durable; the shell writes them in one database
+//! transaction and only then lets the new state replace its cache.
+
+use crate::account::{AccountState, AccountStatus, EntryEffect};
+use crate::command::{Command, CreateAccountCommand, EntryCommand, ExternalRef, PostCommand, ReverseCommand, SetStatusCommand};
+use crate::currency::Currency;
+use crate::ids::IdSource;
+use crate::money::Side;
+use crate::rejection::Rejection;
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Value, json};
+use std::collections::{BTreeSet, HashMap};
+use uuid::Uuid;
+
+pub const TX_TYPE_REVERSAL: &str = "REVERSAL";
+
+/// How long an idempotency key is remembered (PROTOCOL.md: at least 7 days).
+pub const IDEMPOTENCY_KEY_RETENTION_DAYS: i64 = 8;
+
+/// What a key already decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyOutcome {
+    Posted { ledger_tx_id: Uuid },
+    Rejected { status: u16, body: Value },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRecord {
+    pub fingerprint: String,
+    pub outcome: KeyOutcome,
+}
+
+/// A posted transaction as a reversal needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginalTx {
+    pub ledger_tx_id: Uuid,
+    pub tenant_id: Uuid,
+    pub tx_type: String,
+    pub business_ref: Option<String>,
+    pub entries: Vec<EntryCommand>,
+    pub reversed_by: Option<Uuid>,
+}
+
+/// Everything a batch may read, prefetched by the shell. Absent means "does not exist".
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub accounts: HashMap<Uuid, AccountState>,
+    pub keys: HashMap<(Uuid, String), KeyRecord>,
+    pub external_refs: HashMap<(Uuid, ExternalRef), Uuid>,
+    pub originals: HashMap<Uuid, OriginalTx>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchInput {
+    pub shard_id: u16,
+    /// The posting time of every transaction in the batch; the shell keeps it
+    /// non-decreasing per shard so that posting order and time order agree.
+    pub now: DateTime<Utc>,
+    pub next_commit_seq: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostedEntry {
+    pub ledger_entry_id: Uuid,
+    pub account_id: Uuid,
+    pub side: Side,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub entry_seq: i32,
+    pub balance_after_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostedTx {
+    pub ledger_tx_id: Uuid,
+    pub posted_at: DateTime<Utc>,
+    pub entries: Vec<PostedEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Posted(PostedTx),
+    /// The key already posted this transaction: reply with it, marked replayed.
+    Replay { ledger_tx_id: Uuid },
+    /// The key already got this business rejection: reply with it again.
+    ReplayRejection { status: u16, body: Value },
+    Rejected(Rejection),
+    /// The account exists now (created by this batch, or before with the same attributes).
+    Account { account_id: Uuid },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAccount {
+    pub command: CreateAccountCommand,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusChange {
+    pub tenant_id: Uuid,
+    pub account_id: Uuid,
+    pub from: AccountStatus,
+    pub to: AccountStatus,
+    pub actor: String,
+    pub reason_code: Option<String>,
+    pub changed_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxRow {
+    pub ledger_tx_id: Uuid,
+    pub tenant_id: Uuid,
+    pub commit_seq: i64,
+    pub tx_type: String,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+    pub external_ref: Option<ExternalRef>,
+    pub business_ref: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub posted_at: DateTime<Utc>,
+    pub actor: String,
+    pub reason_code: Option<String>,
+    pub metadata: Value,
+    pub reverses_ledger_tx_id: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryRow {
+    pub ledger_entry_id: Uuid,
+    pub ledger_tx_id: Uuid,
+    pub tenant_id: Uuid,
+    pub account_id: Uuid,
+    pub side: Side,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub entry_seq: i32,
+    pub balance_after_minor: i64,
+    pub commit_seq: i64,
+    pub effective_at: DateTime<Utc>,
+    pub posted_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRow {
+    pub tenant_id: Uuid,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+    pub ledger_tx_id: Option<Uuid>,
+    pub response_status: u16,
+    pub response_body: Option<Value>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExternalRefRow {
+    pub tenant_id: Uuid,
+    pub external_ref: ExternalRef,
+    pub ledger_tx_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReversalRow {
+    pub tenant_id: Uuid,
+    pub reversed_ledger_tx_id: Uuid,
+    pub reversal_ledger_tx_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub event_id: Uuid,
+    pub tenant_id: Uuid,
+    pub aggregate_type: &'static str,
+    pub aggregate_id: Uuid,
+    pub event_type: &'static str,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Writes {
+    pub accounts: Vec<NewAccount>,
+    pub status_changes: Vec<StatusChange>,
+    pub transactions: Vec<TxRow>,
+    pub entries: Vec<EntryRow>,
+    pub keys: Vec<KeyRow>,
+    pub external_refs: Vec<ExternalRefRow>,
+    pub reversals: Vec<ReversalRow>,
+    /// Accounts whose balance or status changed; their final state is in the snapshot.
+    pub touched_accounts: BTreeSet<Uuid>,
+    pub outbox: Vec<OutboxRow>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+            && self.status_changes.is_empty()
+            && self.transactions.is_empty()
+            && self.keys.is_empty()
+            && self.touched_accounts.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPlan {
+    pub outcomes: Vec<Outcome>,
+    pub writes: Writes,
+    pub next_commit_seq: i64,
+}
+
+/// Decides every command of a batch in order. `snapshot` is updated to the state after
+/// the batch; the caller must discard it if the writes do not commit.
+pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Command], ids: &mut impl IdSource) -> BatchPlan {
+    let mut planner = Planner { input, snapshot, ids, writes: Writes::default(), next_commit_seq: input.next_commit_seq };
+    let outcomes = commands
+        .iter()
+        .map(|command| match command {
+            Command::CreateAccount(c) => planner.create_account(c),
+            Command::SetStatus(c) => planner.set_status(c),
+            Command::Post(c) => planner.post(c),
+            Command::Reverse(c) => planner.reverse(c),
+        })
+        .collect();
+    BatchPlan { outcomes, writes: planner.writes, next_commit_seq: planner.next_commit_seq }
+}
+
+struct Planner<'a, I: IdSource> {
+    input: BatchInput,
+    snapshot: &'a mut Snapshot,
+    ids: &'a mut I,
+    writes: Writes,
+    next_commit_seq: i64,
+}
+
+/// A transaction that passed every check, ready to be written.
+struct Accepted<'c> {
+    tenant_id: Uuid,
+    idempotency_key: &'c str,
+    fingerprint: &'c str,
+    tx_type: &'c str,
+    entries: &'c [EntryCommand],
+    effects: Vec<EntryEffect>,
+    external_ref: Option<&'c ExternalRef>,
+    business_ref: Option<&'c String>,
+    occurred_at: Option<DateTime<Utc>>,
+    actor: &'c str,
+    reason_code: Option<&'c String>,
+    metadata: Value,
+    reverses_ledger_tx_id: Option<Uuid>,
+}
+
+impl<I: IdSource> Planner<'_, I> {
+    fn now(&self) -> DateTime<Utc> {
+        self.input.now
+    }
+
+    fn tenant_account(&self, tenant_id: Uuid, account_id: Uuid) -> Option<&AccountState> {
+        self.snapshot.accounts.get(&account_id).filter(|a| a.tenant_id == tenant_id)
+    }
+
+    fn create_account(&mut self, command: &CreateAccountCommand) -> Outcome {
+        if let Some(existing) = self.snapshot.accounts.get(&command.account_id) {
+            debug_assert_eq!(existing.tenant_id, command.tenant_id, "derived ids embed the tenant");
+            return if existing.attributes_digest == command.attributes_digest() {
+                Outcome::Account { account_id: command.account_id }
+            } else {
+                Outcome::Rejected(Rejection::AccountExists { account_id: command.account_id })
+            };
+        }
+        let state = AccountState {
+            account_id: command.account_id,
+            tenant_id: command.tenant_id,
+            account_type: command.account_type,
+            currency: command.currency,
+            status: AccountStatus::Active,
+            allow_negative: command.allow_negative,
+            balance_minor: 0,
+            debits_minor: 0,
+            credits_minor: 0,
+            version: 0,
+            last_entry_id: None,
+            attributes_digest: command.attributes_digest(),
+        };
+        self.snapshot.accounts.insert(command.account_id, state);
+        self.writes.accounts.push(NewAccount { command: command.clone(), created_at: self.now() });
+        let payload = json!({
+            "account_id": command.account_id,
+            "tenant_id": command.tenant_id,
+            "code": command.code,
+            "type": command.account_type,
+            "currency": command.currency,
+            "allow_negative": command.allow_negative,
+            "created_at": self.now(),
+        });
+        self.event(command.tenant_id, "account", command.account_id, "account.created", payload);
+        Outcome::Account { account_id: command.account_id }
+    }
+
+    fn set_status(&mut self, command: &SetStatusCommand) -> Outcome {
+        let Some(account) = self.tenant_account(command.tenant_id, command.account_id) else {
+            return Outcome::Rejected(Rejection::AccountNotFound { account_id: Some(command.account_id) });
+        };
+        let from = account.status;
+        if from == command.status {
+            return Outcome::Account { account_id: command.account_id };
+        }
+        if from == AccountStatus::Closed {
+            return Outcome::Rejected(Rejection::AccountClosed { account_id: command.account_id });
+        }
+        if command.status == AccountStatus::Closed && account.balance_minor != 0 {
+            return Outcome::Rejected(Rejection::AccountBalanceNonzero {
+                account_id: command.account_id,
+                balance_minor: account.balance_minor,
+            });
+        }
+        let now = self.now();
+        self.snapshot.accounts.get_mut(&command.account_id).expect("checked above").status = command.status;
+        self.writes.touched_accounts.insert(command.account_id);
+        self.writes.status_changes.push(StatusChange {
+            tenant_id: command.tenant_id,
+            account_id: command.account_id,
+            from,
+            to: command.status,
+            actor: command.actor.clone(),
+            reason_code: command.reason_code.clone(),
+            changed_at: now,
+        });
+        let payload = json!({
+            "account_id": command.account_id,
+            "tenant_id": command.tenant_id,
+            "from": from,
+            "to": command.status,
+            "actor": command.actor,
+            "reason_code": command.reason_code,
+            "changed_at": now,
+        });
+        self.event(command.tenant_id, "account", command.account_id, "account.status_changed", payload);
+        Outcome::Account { account_id: command.account_id }
+    }
+
+    /// The answer of an already used key, if any: a replay or a conflict.
+    fn check_key(&self, tenant_id: Uuid, key: &str, fingerprint: &str) -> Option<Outcome> {
+        let record = self.snapshot.keys.get(&(tenant_id, key.to_owned()))?;
+        if record.fingerprint != fingerprint {
+            return Some(Outcome::Rejected(Rejection::IdempotencyConflict));
+        }
+        Some(match &record.outcome {
+            KeyOutcome::Posted { ledger_tx_id } => Outcome::Replay { ledger_tx_id: *ledger_tx_id },
+            KeyOutcome::Rejected { status, body } => Outcome::ReplayRejection { status: *status, body: body.clone() },
+        })
+    }
+
+    /// Refuses a keyed command, remembering the refusal under the key when the protocol
+    /// says it is replayed.
+    fn refuse(&mut self, tenant_id: Uuid, key: &str, fingerprint: &str, rejection: Rejection) -> Outcome {
+        if rejection.is_stored_under_key() {
+            let body = rejection.to_body();
+            let status = rejection.status();
+            self.writes.keys.push(KeyRow {
+                tenant_id,
+                idempotency_key: key.to_owned(),
+                fingerprint: fingerprint.to_owned(),
+                ledger_tx_id: None,
+                response_status: status,
+                response_body: Some(body.clone()),
+                created_at: self.now(),
+                expires_at: self.now() + Duration::days(IDEMPOTENCY_KEY_RETENTION_DAYS),
+            });
+            self.snapshot.keys.insert(
+                (tenant_id, key.to_owned()),
+                KeyRecord { fingerprint: fingerprint.to_owned(), outcome: KeyOutcome::Rejected { status, body } },
+            );
+        }
+        Outcome::Rejected(rejection)
+    }
+
+    /// Checks status, funds and totals of every entry; the effects if all pass.
+    fn effects(&self, tenant_id: Uuid, entries: &[EntryCommand], frozen_blocks: bool) -> Result<Vec<EntryEffect>, Rejection> {
+        let mut effects = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let account = self
+                .tenant_account(tenant_id, entry.account_id)
+                .ok_or(Rejection::AccountNotFound { account_id: Some(entry.account_id) })?;
+            if account.status == AccountStatus::Closed {
+                return Err(Rejection::AccountClosed { account_id: entry.account_id });
+            }
+            if frozen_blocks && account.status == AccountStatus::Frozen && account.is_outgoing(entry.side) {
+                return Err(Rejection::AccountFrozen { account_id: entry.account_id });
+            }
+            let effect = account.effect_of(entry.side, entry.amount_minor).ok_or_else(|| {
+                Rejection::invalid(format!("entries[{index}].amount_minor"), "the account's totals would pass 2^63-1")
+            })?;
+            if !account.allow_negative && effect.balance_after_minor < 0 {
+                return Err(Rejection::InsufficientFunds {
+                    account_id: entry.account_id,
+                    balance_minor: account.balance_minor,
+                    required_minor: entry.amount_minor,
+                });
+            }
+            effects.push(effect);
+        }
+        Ok(effects)
+    }
+
+    fn post(&mut self, command: &PostCommand) -> Outcome {
+        let (tenant_id, key, fingerprint) = (command.tenant_id, &command.idempotency_key, &command.fingerprint);
+        if let Some(answer) = self.check_key(tenant_id, key, fingerprint) {
+            return answer;
+        }
+        for entry in &command.entries {
+            let Some(account) = self.tenant_account(tenant_id, entry.account_id) else {
+                return Outcome::Rejected(Rejection::AccountNotFound { account_id: Some(entry.account_id) });
+            };
+            if account.currency != entry.currency {
+                return Outcome::Rejected(Rejection::CurrencyMismatch {
+                    account_id: entry.account_id,
+                    account_currency: account.currency.to_string(),
+                    entry_currency: entry.currency.to_string(),
+                });
+            }
+        }
+        if let Some(external_ref) = &command.external_ref {
+            if let Some(owner) = self.snapshot.external_refs.get(&(tenant_id, external_ref.clone())) {
+                let rejection = Rejection::DuplicateExternalRef { ledger_tx_id: *owner };
+                return self.refuse(tenant_id, key, fingerprint, rejection);
+            }
+        }
+        let effects = match self.effects(tenant_id, &command.entries, true) {
+            Ok(effects) => effects,
+            Err(rejection) => return self.refuse(tenant_id, key, fingerprint, rejection),
+        };
+        self.accept(Accepted {
+            tenant_id,
+            idempotency_key: key,
+            fingerprint,
+            tx_type: &command.tx_type,
+            entries: &command.entries,
+            effects,
+            external_ref: command.external_ref.as_ref(),
+            business_ref: command.business_ref.as_ref(),
+            occurred_at: command.occurred_at,
+            actor: &command.actor,
+            reason_code: command.reason_code.as_ref(),
+            metadata: command.metadata.clone(),
+            reverses_ledger_tx_id: None,
+        })
+    }
+
+    fn reverse(&mut self, command: &ReverseCommand) -> Outcome {
+        let (tenant_id, key, fingerprint) = (command.tenant_id, &command.idempotency_key, &command.fingerprint);
+        if let Some(answer) = self.check_key(tenant_id, key, fingerprint) {
+            return answer;
+        }
+        let Some(original) = self.snapshot.originals.get(&command.ledger_tx_id).filter(|o| o.tenant_id == tenant_id) else {
+            return Outcome::Rejected(Rejection::TransactionNotFound);
+        };
+        if original.tx_type == TX_TYPE_REVERSAL {
+            return Outcome::Rejected(Rejection::invalid(
+                "ledger_tx_id",
+                "a reversal cannot itself be reversed; post a new transaction to correct it",
+            ));
+        }
+        if let Some(reversal_tx_id) = original.reversed_by {
+            return self.refuse(tenant_id, key, fingerprint, Rejection::AlreadyReversed { reversal_tx_id });
+        }
+        let mirrored: Vec<EntryCommand> =
+            original.entries.iter().map(|e| EntryCommand { side: e.side.opposite(), ..e.clone() }).collect();
+        let business_ref = original.business_ref.clone();
+        let effects = match self.effects(tenant_id, &mirrored, false) {
+            Ok(effects) => effects,
+            Err(rejection) => return self.refuse(tenant_id, key, fingerprint, rejection),
+        };
+        let outcome = self.accept(Accepted {
+            tenant_id,
+            idempotency_key: key,
+            fingerprint,
+            tx_type: TX_TYPE_REVERSAL,
+            entries: &mirrored,
+            effects,
+            external_ref: None,
+            business_ref: business_ref.as_ref(),
+            occurred_at: None,
+            actor: &command.actor,
+            reason_code: Some(&command.reason_code),
+            metadata: json!({}),
+            reverses_ledger_tx_id: Some(command.ledger_tx_id),
+        });
+        if let Outcome::Posted(posted) = &outcome {
+            self.snapshot.originals.get_mut(&command.ledger_tx_id).expect("looked up above").reversed_by =
+                Some(posted.ledger_tx_id);
+            self.writes.reversals.push(ReversalRow {
+                tenant_id,
+                reversed_ledger_tx_id: command.ledger_tx_id,
+                reversal_ledger_tx_id: posted.ledger_tx_id,
+            });
+        }
+        outcome
+    }
+
+    fn accept(&mut self, tx: Accepted<'_>) -> Outcome {
+        let now = self.now();
+        let ledger_tx_id = self.ids.ledger_id(now, self.input.shard_id);
+        let commit_seq = self.next_commit_seq;
+        self.next_commit_seq += 1;
+        let occurred_at = tx.occurred_at.unwrap_or(now);
+        let mut posted_entries = Vec::with_capacity(tx.entries.len());
+        for (index, (entry, effect)) in tx.entries.iter().zip(&tx.effects).enumerate() {
+            let ledger_entry_id = self.ids.ledger_id(now, self.input.shard_id);
+            let entry_seq = index as i32 + 1;
+            self.snapshot.accounts.get_mut(&entry.account_id).expect("checked by effects").apply(*effect, ledger_entry_id);
+            self.writes.touched_accounts.insert(entry.account_id);
+            self.writes.entries.push(EntryRow {
+                ledger_entry_id,
+                ledger_tx_id,
+                tenant_id: tx.tenant_id,
+                account_id: entry.account_id,
+                side: entry.side,
+                amount_minor: entry.amount_minor,
+                currency: entry.currency,
+                entry_seq,
+                balance_after_minor: effect.balance_after_minor,
+                commit_seq,
+                effective_at: occurred_at,
+                posted_at: now,
+            });
+            posted_entries.push(PostedEntry {
+                ledger_entry_id,
+                account_id: entry.account_id,
+                side: entry.side,
+                amount_minor: entry.amount_minor,
+                currency: entry.currency,
+                entry_seq,
+                balance_after_minor: effect.balance_after_minor,
+            });
+        }
+        self.writes.transactions.push(TxRow {
+            ledger_tx_id,
+            tenant_id: tx.tenant_id,
+            commit_seq,
+            tx_type: tx.tx_type.to_owned(),
+            idempotency_key: tx.idempotency_key.to_owned(),
+            fingerprint: tx.fingerprint.to_owned(),
+            external_ref: tx.external_ref.cloned(),
+            business_ref: tx.business_ref.cloned(),
+            occurred_at,
+            posted_at: now,
+            actor: tx.actor.to_owned(),
+            reason_code: tx.reason_code.cloned(),
+            metadata: tx.metadata,
+            reverses_ledger_tx_id: tx.reverses_ledger_tx_id,
+        });
+        self.writes.keys.push(KeyRow {
+            tenant_id: tx.tenant_id,
+            idempotency_key: tx.idempotency_key.to_owned(),
+            fingerprint: tx.fingerprint.to_owned(),
+            ledger_tx_id: Some(ledger_tx_id),
+            response_status: 200,
+            response_body: None,
+            created_at: now,
+            expires_at: now + Duration::days(IDEMPOTENCY_KEY_RETENTION_DAYS),
+        });
+        self.snapshot.keys.insert(
+            (tx.tenant_id, tx.idempotency_key.to_owned()),
+            KeyRecord { fingerprint: tx.fingerprint.to_owned(), outcome: KeyOutcome::Posted { ledger_tx_id } },
+        );
+        if let Some(external_ref) = tx.external_ref {
+            self.writes.external_refs.push(ExternalRefRow {
+                tenant_id: tx.tenant_id,
+                external_ref: external_ref.clone(),
+                ledger_tx_id,
+            });
+            self.snapshot.external_refs.insert((tx.tenant_id, external_ref.clone()), ledger_tx_id);
+        }
+        self.snapshot.originals.insert(
+            ledger_tx_id,
+            OriginalTx {
+                ledger_tx_id,
+                tenant_id: tx.tenant_id,
+                tx_type: tx.tx_type.to_owned(),
+                business_ref: tx.business_ref.cloned(),
+                entries: tx.entries.to_vec(),
+                reversed_by: None,
+            },
+        );
+        let event_entries: Vec<Value> = tx
+            .entries
+            .iter()
+            .map(|e| json!({"account_id": e.account_id, "side": e.side, "amount_minor": e.amount_minor, "currency": e.currency}))
+            .collect();
+        let event_type = if tx.reverses_ledger_tx_id.is_some() { "transaction.reversed" } else { "transaction.posted" };
+        let payload = json!({
+            "ledger_tx_id": ledger_tx_id,
+            "tenant_id": tx.tenant_id,
+            "type": tx.tx_type,
+            "commit_seq": commit_seq,
+            "occurred_at": occurred_at,
+            "posted_at": now,
+            "reverses_ledger_tx_id": tx.reverses_ledger_tx_id,
+            "external_ref": tx.external_ref,
+            "business_ref": tx.business_ref,
+            "entries": event_entries,
+        });
+        self.event(tx.tenant_id, "transaction", ledger_tx_id, event_type, payload);
+        Outcome::Posted(PostedTx { ledger_tx_id, posted_at: now, entries: posted_entries })
+    }
+
+    fn event(&mut self, tenant_id: Uuid, aggregate_type: &'static str, aggregate_id: Uuid, event_type: &'static str, mut payload: Value) {
+        let event_id = self.ids.ledger_id(self.now(), self.input.shard_id);
+        payload["event_id"] = json!(event_id);
+        payload["event_type"] = json!(event_type);
+        self.writes.outbox.push(OutboxRow {
+            event_id,
+            tenant_id,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            payload,
+            created_at: self.now(),
+        });
+    }
+}

@@ -1,0 +1,29 @@
+//! # ledger-core
+//!
+//! The pure heart of the ledger: everything that decides what is true, and nothing that
+//! talks to a database, a network or a clock. Time and ids are injected, so every
+//! decision replays exactly from its inputs.
+//!
+//! ## Layout
+//! - [`money`]: sides, account types, normal balances, checked balance math.
+//! - [`currency`]: the ISO 4217 reference table (seeded into every shard's database).
+//! - [`ids`]: derived account ids, time-ordered ledger ids that carry their shard.
+//! - [`account`]: the in-memory state of an account that a shard writer holds.
+//! - [`command`]: validated write commands (create account, set status, post, reverse).
+//! - [`validate`]: stateless checks of a post (balance per currency, duplicates, limits).
+//! - [`rejection`]: business outcomes that refuse a command, in precedence order.
+//! - [`batch`]: plans a whole batch of commands against account state: per-command
+//!   outcomes and the rows to write (the group-commit core).
+//! - [`fingerprint`]: request fingerprints for idempotency.
+//! - [`ring`]: the consistent-hash ring that places accounts and keys on shards.
+
+pub mod account;
+pub mod batch;
+pub mod command;
+pub mod currency;
+pub mod fingerprint;
+pub mod ids;
+pub mod money;
+pub mod rejection;
+pub mod ring;
+pub mod validate;

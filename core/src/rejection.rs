@@ -1,0 +1,190 @@
+//! Business outcomes that refuse a command. They are values, not errors: a shard returns
+//! one per refused command and carries on with the rest of its batch.
+//!
+//! Precedence, for a post: request shape (`Invalid`, `UnknownCurrency`, `Unbalanced`,
+//! `DuplicateAccount`, decided without state), then the idempotency key
+//! (`IdempotencyConflict` or a replay), then `AccountNotFound`, `CurrencyMismatch`,
+//! `DuplicateExternalRef`, `AccountClosed`, `AccountFrozen`, `InsufficientFunds`.
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    Invalid { field: String, message: String },
+    UnknownCurrency { field: String, currency: String },
+    Unbalanced { currency: String, debits_minor: i128, credits_minor: i128 },
+    CurrencyMismatch { account_id: Uuid, account_currency: String, entry_currency: String },
+    DuplicateAccount { account_id: Uuid },
+    Forbidden { message: String },
+    AccountNotFound { account_id: Option<Uuid> },
+    TransactionNotFound,
+    AccountExists { account_id: Uuid },
+    IdempotencyConflict,
+    DuplicateExternalRef { ledger_tx_id: Uuid },
+    AlreadyReversed { reversal_tx_id: Uuid },
+    InProgress,
+    TooLarge { limit_bytes: usize },
+    InsufficientFunds { account_id: Uuid, balance_minor: i64, required_minor: i64 },
+    AccountFrozen { account_id: Uuid },
+    AccountClosed { account_id: Uuid },
+    AccountBalanceNonzero { account_id: Uuid, balance_minor: i64 },
+}
+
+impl Rejection {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Rejection {
+        Rejection::Invalid { field: field.into(), message: message.into() }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Invalid { .. } => "INVALID_REQUEST",
+            Rejection::UnknownCurrency { .. } => "UNKNOWN_CURRENCY",
+            Rejection::Unbalanced { .. } => "UNBALANCED",
+            Rejection::CurrencyMismatch { .. } => "CURRENCY_MISMATCH",
+            Rejection::DuplicateAccount { .. } => "DUPLICATE_ACCOUNT",
+            Rejection::Forbidden { .. } => "FORBIDDEN",
+            Rejection::AccountNotFound { .. } => "ACCOUNT_NOT_FOUND",
+            Rejection::TransactionNotFound => "TRANSACTION_NOT_FOUND",
+            Rejection::AccountExists { .. } => "ACCOUNT_EXISTS",
+            Rejection::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+            Rejection::DuplicateExternalRef { .. } => "DUPLICATE_EXTERNAL_REF",
+            Rejection::AlreadyReversed { .. } => "ALREADY_REVERSED",
+            Rejection::InProgress => "IN_PROGRESS",
+            Rejection::TooLarge { .. } => "TOO_LARGE",
+            Rejection::InsufficientFunds { .. } => "INSUFFICIENT_FUNDS",
+            Rejection::AccountFrozen { .. } => "ACCOUNT_FROZEN",
+            Rejection::AccountClosed { .. } => "ACCOUNT_CLOSED",
+            Rejection::AccountBalanceNonzero { .. } => "ACCOUNT_BALANCE_NONZERO",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Rejection::Invalid { .. }
+            | Rejection::UnknownCurrency { .. }
+            | Rejection::Unbalanced { .. }
+            | Rejection::CurrencyMismatch { .. }
+            | Rejection::DuplicateAccount { .. } => 400,
+            Rejection::Forbidden { .. } => 403,
+            Rejection::AccountNotFound { .. } | Rejection::TransactionNotFound => 404,
+            Rejection::AccountExists { .. }
+            | Rejection::IdempotencyConflict
+            | Rejection::DuplicateExternalRef { .. }
+            | Rejection::AlreadyReversed { .. }
+            | Rejection::InProgress => 409,
+            Rejection::TooLarge { .. } => 413,
+            Rejection::InsufficientFunds { .. }
+            | Rejection::AccountFrozen { .. }
+            | Rejection::AccountClosed { .. }
+            | Rejection::AccountBalanceNonzero { .. } => 422,
+        }
+    }
+
+    /// Whether the rejection is remembered under the idempotency key and replayed to a
+    /// retry (PROTOCOL.md section 5): business rejections with status 409 or 422, except
+    /// the two that concern the key itself.
+    pub fn is_stored_under_key(&self) -> bool {
+        matches!(self.status(), 409 | 422)
+            && !matches!(self, Rejection::IdempotencyConflict | Rejection::InProgress)
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::Invalid { field, message } => format!("{field}: {message}"),
+            Rejection::UnknownCurrency { currency, .. } => {
+                format!("currency {currency} is not in the ledger's currency table")
+            }
+            Rejection::Unbalanced { currency, debits_minor, credits_minor } => {
+                format!("{currency} debits {debits_minor} do not equal credits {credits_minor}")
+            }
+            Rejection::CurrencyMismatch { account_currency, entry_currency, .. } => {
+                format!("entry currency {entry_currency} differs from the account currency {account_currency}")
+            }
+            Rejection::DuplicateAccount { .. } => "an account appears more than once in the transaction".into(),
+            Rejection::Forbidden { message } => message.clone(),
+            Rejection::AccountNotFound { .. } => "account not found".into(),
+            Rejection::TransactionNotFound => "transaction not found".into(),
+            Rejection::AccountExists { .. } => "an account with this code exists with different attributes".into(),
+            Rejection::IdempotencyConflict => {
+                "the idempotency key was already used with a different request".into()
+            }
+            Rejection::DuplicateExternalRef { .. } => {
+                "the external reference is already used by another transaction".into()
+            }
+            Rejection::AlreadyReversed { .. } => "the transaction has already been reversed".into(),
+            Rejection::InProgress => "a request with this idempotency key is still being processed; retry later".into(),
+            Rejection::TooLarge { limit_bytes } => format!("request body is larger than {limit_bytes} bytes"),
+            Rejection::InsufficientFunds { balance_minor, required_minor, .. } => {
+                format!("balance {balance_minor} is less than the {required_minor} required")
+            }
+            Rejection::AccountFrozen { .. } => "the account is frozen: outgoing movements are blocked".into(),
+            Rejection::AccountClosed { .. } => "the account is closed".into(),
+            Rejection::AccountBalanceNonzero { balance_minor, .. } => {
+                format!("the account balance is {balance_minor}, not zero")
+            }
+        }
+    }
+
+    pub fn details(&self) -> Value {
+        match self {
+            Rejection::Invalid { field, .. } => json!({ "field": field }),
+            Rejection::UnknownCurrency { field, currency } => json!({ "field": field, "currency": currency }),
+            Rejection::Unbalanced { currency, debits_minor, credits_minor } => json!({
+                "currency": currency,
+                "debits_minor": debits_minor.to_string(),
+                "credits_minor": credits_minor.to_string(),
+            }),
+            Rejection::CurrencyMismatch { account_id, account_currency, entry_currency } => json!({
+                "account_id": account_id,
+                "account_currency": account_currency,
+                "entry_currency": entry_currency,
+            }),
+            Rejection::DuplicateAccount { account_id } => json!({ "account_id": account_id }),
+            Rejection::AccountNotFound { account_id: Some(account_id) } => json!({ "account_id": account_id }),
+            Rejection::AccountExists { account_id } => json!({ "account_id": account_id }),
+            Rejection::DuplicateExternalRef { ledger_tx_id } => json!({ "ledger_tx_id": ledger_tx_id }),
+            Rejection::AlreadyReversed { reversal_tx_id } => json!({ "reversal_tx_id": reversal_tx_id }),
+            Rejection::TooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
+            Rejection::InsufficientFunds { account_id, balance_minor, required_minor } => json!({
+                "account_id": account_id,
+                "balance_minor": balance_minor,
+                "required_minor": required_minor,
+            }),
+            Rejection::AccountFrozen { account_id }
+            | Rejection::AccountClosed { account_id } => json!({ "account_id": account_id }),
+            Rejection::AccountBalanceNonzero { account_id, balance_minor } => {
+                json!({ "account_id": account_id, "balance_minor": balance_minor })
+            }
+            Rejection::Forbidden { .. }
+            | Rejection::AccountNotFound { account_id: None }
+            | Rejection::TransactionNotFound
+            | Rejection::IdempotencyConflict
+            | Rejection::InProgress => json!({}),
+        }
+    }
+
+    /// The reply body of PROTOCOL.md section 2.
+    pub fn to_body(&self) -> Value {
+        json!({ "error": { "code": self.code(), "message": self.message(), "details": self.details() } })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_business_409_and_422_are_stored_under_the_key() {
+        let id = Uuid::nil();
+        assert!(Rejection::InsufficientFunds { account_id: id, balance_minor: 0, required_minor: 1 }.is_stored_under_key());
+        assert!(Rejection::DuplicateExternalRef { ledger_tx_id: id }.is_stored_under_key());
+        assert!(Rejection::AlreadyReversed { reversal_tx_id: id }.is_stored_under_key());
+        assert!(Rejection::AccountFrozen { account_id: id }.is_stored_under_key());
+        assert!(!Rejection::IdempotencyConflict.is_stored_under_key());
+        assert!(!Rejection::InProgress.is_stored_under_key());
+        assert!(!Rejection::invalid("x", "y").is_stored_under_key());
+        assert!(!Rejection::AccountNotFound { account_id: None }.is_stored_under_key());
+        assert!(!Rejection::TooLarge { limit_bytes: 1 }.is_stored_under_key());
+    }
+}

@@ -1,0 +1,188 @@
+//! Stateless checks: the limits and shapes of PROTOCOL.md that need no account state.
+//! Every limit is a named constant; every failure names the field.
+
+use crate::command::EntryCommand;
+use crate::currency::Currency;
+use crate::rejection::Rejection;
+use crate::money::Side;
+use std::collections::{BTreeMap, HashSet};
+
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+pub const ENTRIES_MIN: usize = 2;
+pub const ENTRIES_MAX: usize = 128;
+pub const ACCOUNT_CODE_CHARS_MAX: usize = 128;
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 128;
+pub const ACTOR_CHARS_MAX: usize = 100;
+pub const TX_TYPE_CHARS_MAX: usize = 64;
+pub const REASON_CODE_CHARS_MAX: usize = 64;
+pub const BUSINESS_REF_CHARS_MAX: usize = 128;
+pub const EXTERNAL_REF_TYPE_CHARS_MAX: usize = 64;
+pub const EXTERNAL_REF_CHARS_MAX: usize = 256;
+pub const METADATA_BYTES_MAX: usize = 8 * 1024;
+pub const STATEMENT_LIMIT_MAX: u32 = 1000;
+
+/// Transaction types the ledger itself writes; clients may not post them directly.
+pub const RESERVED_TX_TYPES: &[&str] = &["REVERSAL", "SAGA_COMPENSATION"];
+
+pub fn account_code(field: &str, code: &str) -> Result<(), Rejection> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || ":._@/-".contains(c);
+    if code.is_empty() || code.chars().count() > ACCOUNT_CODE_CHARS_MAX {
+        return Err(Rejection::invalid(field, format!("must be 1-{ACCOUNT_CODE_CHARS_MAX} characters")));
+    }
+    if !code.chars().all(allowed) {
+        return Err(Rejection::invalid(field, "may contain only A-Z a-z 0-9 : . _ @ / -"));
+    }
+    Ok(())
+}
+
+pub fn idempotency_key(field: &str, key: &str) -> Result<(), Rejection> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_CHARS_MAX {
+        return Err(Rejection::invalid(field, format!("must be 1-{IDEMPOTENCY_KEY_CHARS_MAX} characters")));
+    }
+    if !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(Rejection::invalid(field, "must be printable ASCII"));
+    }
+    Ok(())
+}
+
+pub fn tx_type(field: &str, tx_type: &str) -> Result<(), Rejection> {
+    if tx_type.is_empty() || tx_type.len() > TX_TYPE_CHARS_MAX {
+        return Err(Rejection::invalid(field, format!("must be 1-{TX_TYPE_CHARS_MAX} characters")));
+    }
+    if !tx_type.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(Rejection::invalid(field, "may contain only A-Z 0-9 _"));
+    }
+    if RESERVED_TX_TYPES.contains(&tx_type) {
+        return Err(Rejection::invalid(field, format!("{tx_type} is written by the ledger itself")));
+    }
+    Ok(())
+}
+
+/// A free-text field with a length range, counted in characters, no control characters.
+pub fn text(field: &str, value: &str, chars_max: usize) -> Result<(), Rejection> {
+    let count = value.chars().count();
+    if count == 0 || count > chars_max {
+        return Err(Rejection::invalid(field, format!("must be 1-{chars_max} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Rejection::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+pub fn metadata(field: &str, value: &serde_json::Value) -> Result<(), Rejection> {
+    if !value.is_object() {
+        return Err(Rejection::invalid(field, "must be a JSON object"));
+    }
+    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > METADATA_BYTES_MAX {
+        return Err(Rejection::invalid(field, format!("must serialize to at most {METADATA_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+
+pub fn amount(field: &str, amount_minor: i64) -> Result<(), Rejection> {
+    if amount_minor < 1 {
+        return Err(Rejection::invalid(field, "must be an integer from 1 to 2^63-1"));
+    }
+    Ok(())
+}
+
+/// The checks of a post's entries, in precedence order: count, per-currency sums that fit
+/// 64 bits, balance per currency, then each account at most once.
+pub fn entries(entries: &[EntryCommand]) -> Result<(), Rejection> {
+    if entries.len() < ENTRIES_MIN || entries.len() > ENTRIES_MAX {
+        return Err(Rejection::invalid("entries", format!("must hold {ENTRIES_MIN}-{ENTRIES_MAX} entries")));
+    }
+    for (index, entry) in entries.iter().enumerate() {
+        amount(&format!("entries[{index}].amount_minor"), entry.amount_minor)?;
+    }
+    let mut sums: BTreeMap<Currency, (i128, i128)> = BTreeMap::new();
+    for entry in entries {
+        let sum = sums.entry(entry.currency).or_default();
+        match entry.side {
+            Side::Debit => sum.0 += entry.amount_minor as i128,
+            Side::Credit => sum.1 += entry.amount_minor as i128,
+        }
+    }
+    for (currency, (debits, credits)) in &sums {
+        if *debits > i64::MAX as i128 || *credits > i64::MAX as i128 {
+            return Err(Rejection::invalid("entries", format!("{currency} amounts sum past 2^63-1")));
+        }
+    }
+    for (currency, (debits, credits)) in &sums {
+        if debits != credits {
+            return Err(Rejection::Unbalanced {
+                currency: currency.to_string(),
+                debits_minor: *debits,
+                credits_minor: *credits,
+            });
+        }
+    }
+    let mut seen = HashSet::with_capacity(entries.len());
+    for entry in entries {
+        if !seen.insert(entry.account_id) {
+            return Err(Rejection::DuplicateAccount { account_id: entry.account_id });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn entry(account: u128, side: Side, amount_minor: i64, currency: &str) -> EntryCommand {
+        EntryCommand {
+            account_id: Uuid::from_u128(account),
+            side,
+            amount_minor,
+            currency: Currency::parse(currency).unwrap(),
+        }
+    }
+
+    #[test]
+    fn entries_checks_in_precedence_order() {
+        use Side::*;
+        let table: Vec<(Vec<EntryCommand>, Option<&str>)> = vec![
+            (vec![entry(1, Debit, 5, "IDR"), entry(2, Credit, 5, "IDR")], None),
+            (vec![entry(1, Debit, 5, "IDR")], Some("INVALID_REQUEST")),
+            (vec![entry(1, Debit, 0, "IDR"), entry(2, Credit, 0, "IDR")], Some("INVALID_REQUEST")),
+            (vec![entry(1, Debit, -5, "IDR"), entry(2, Credit, -5, "IDR")], Some("INVALID_REQUEST")),
+            (
+                vec![entry(1, Debit, i64::MAX, "IDR"), entry(2, Debit, 1, "IDR"), entry(3, Credit, i64::MAX, "IDR")],
+                Some("INVALID_REQUEST"),
+            ),
+            (vec![entry(1, Debit, 5, "IDR"), entry(2, Credit, 4, "IDR")], Some("UNBALANCED")),
+            (vec![entry(1, Debit, 5, "IDR"), entry(2, Credit, 5, "USD")], Some("UNBALANCED")),
+            (vec![entry(1, Debit, 5, "IDR"), entry(1, Credit, 5, "IDR")], Some("DUPLICATE_ACCOUNT")),
+            (
+                vec![entry(1, Debit, 5, "IDR"), entry(2, Credit, 5, "IDR"), entry(3, Debit, 7, "USD"), entry(4, Credit, 7, "USD")],
+                None,
+            ),
+        ];
+        for (input, expected) in table {
+            let got = super::entries(&input).err().map(|r| r.code());
+            assert_eq!(got, expected, "{input:?}");
+        }
+        let too_many: Vec<_> = (0..129).map(|i| entry(i, if i % 2 == 0 { Side::Debit } else { Side::Credit }, 1, "IDR")).collect();
+        assert_eq!(super::entries(&too_many).unwrap_err().code(), "INVALID_REQUEST");
+    }
+
+    #[test]
+    fn field_rules() {
+        assert!(account_code("code", "wallet:user-42").is_ok());
+        assert!(account_code("code", "a b").is_err());
+        assert!(account_code("code", "").is_err());
+        assert!(account_code("code", &"a".repeat(129)).is_err());
+        assert!(idempotency_key("k", "pay-1 capture").is_ok());
+        assert!(idempotency_key("k", "pay\n").is_err());
+        assert!(idempotency_key("k", "päy").is_err());
+        assert!(tx_type("type", "PAYMENT_CAPTURED").is_ok());
+        assert!(tx_type("type", "payment").is_err());
+        assert!(tx_type("type", "REVERSAL").is_err());
+        assert!(metadata("m", &serde_json::json!({"a": "x".repeat(9000)})).is_err());
+        assert!(metadata("m", &serde_json::json!([1])).is_err());
+    }
+}

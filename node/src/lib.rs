@@ -1,0 +1,18 @@
+//! # ledger-node
+//!
+//! A node owns shards. For each it runs the single writer (a ractor actor with group
+//! commit), a read pool, the internal NATS subscription routers send to, and the outbox
+//! relay to JetStream.
+//!
+//! ## Layout
+//! - [`config`]: the cluster TOML (shared with routers).
+//! - [`store`]: all SQL: migrations, set-based batch writes, reads.
+//! - [`shard`]: the shard writer actor: batching, fencing, recovery after a failed commit.
+//! - [`server`]: the node process: starts shards, serves internal requests.
+//! - [`outbox`]: the relay from `ledger_outbox` to the `LEDGER_EVENTS` stream.
+
+pub mod config;
+pub mod outbox;
+pub mod server;
+pub mod shard;
+pub mod store;

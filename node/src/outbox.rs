@@ -1,0 +1,77 @@
+//! The outbox relay: publishes each shard's committed events to the JetStream stream
+//! `LEDGER_EVENTS`, at least once, with `Nats-Msg-Id` = the event id so that JetStream
+//! drops the duplicates a crash between publish and mark can cause.
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use ledger_protocol::subject::{EVENTS_STREAM, EVENTS_SUBJECTS, events_subject};
+use sqlx::{PgPool, Row};
+use std::time::Duration;
+use tracing::warn;
+use uuid::Uuid;
+
+/// Events published per round.
+pub const RELAY_BATCH_EVENTS_MAX: i64 = 500;
+pub const RELAY_IDLE_INTERVAL_MS: u64 = 100;
+
+pub async fn ensure_stream(client: &async_nats::Client) -> anyhow::Result<()> {
+    let js = jetstream::new(client.clone());
+    js.get_or_create_stream(stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        subjects: vec![EVENTS_SUBJECTS.to_owned()],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("create stream {EVENTS_STREAM}: {e}"))?;
+    Ok(())
+}
+
+pub async fn relay(client: async_nats::Client, pool: PgPool, shard_id: u16) {
+    let js = jetstream::new(client);
+    loop {
+        match relay_once(&js, &pool).await {
+            Ok(count) if count as i64 == RELAY_BATCH_EVENTS_MAX => continue,
+            Ok(_) => {}
+            Err(error) => warn!(shard_id, %error, "outbox relay round failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(RELAY_IDLE_INTERVAL_MS)).await;
+    }
+}
+
+async fn relay_once(js: &jetstream::Context, pool: &PgPool) -> anyhow::Result<usize> {
+    let rows = sqlx::query(
+        "select outbox_id, tenant_id, event_type, payload::text from ledger_outbox
+         where published_at is null order by created_at, outbox_id limit $1",
+    )
+    .bind(RELAY_BATCH_EVENTS_MAX)
+    .fetch_all(pool)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut acks = Vec::with_capacity(rows.len());
+    let mut ids = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: Uuid = row.try_get(0)?;
+        let tenant_id: Uuid = row.try_get(1)?;
+        let event_type: String = row.try_get(2)?;
+        let payload: String = row.try_get(3)?;
+        let message = PublishMessage::build().message_id(id.to_string()).payload(payload.into_bytes().into());
+        let ack = js
+            .send_publish(events_subject(tenant_id, &event_type), message)
+            .await
+            .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
+        acks.push(ack);
+        ids.push(id);
+    }
+    for ack in acks {
+        ack.await.map_err(|e| anyhow::anyhow!("publish ack: {e}"))?;
+    }
+    sqlx::query(
+        "update ledger_outbox set published_at = now(), attempt_count = attempt_count + 1 where outbox_id = any($1)",
+    )
+    .bind(&ids)
+    .execute(pool)
+    .await?;
+    Ok(ids.len())
+}

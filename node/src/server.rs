@@ -1,0 +1,229 @@
+//! A node process: for each shard it owns, the shard writer actor, a read pool, the
+//! subscription on the shard's internal subject and the outbox relay.
+
+use crate::config::{ClusterConfig, ShardConfig};
+use crate::outbox;
+use crate::shard::{FaultHooks, ShardActor, ShardArgs, ShardMsg, WriteFailure};
+use crate::store;
+use anyhow::Context;
+use futures::StreamExt;
+use ledger_core::batch::Outcome;
+use ledger_core::rejection::Rejection;
+use ledger_protocol::internal::{ShardReply, ShardRequest, TransactionLookup};
+use ledger_protocol::reply::PostReply;
+use ractor::{Actor, ActorRef};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection};
+use std::collections::HashMap;
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+/// What a running node exposes to tests.
+#[derive(Clone, Default)]
+pub struct NodeHandles {
+    pub faults: HashMap<u16, Arc<FaultHooks>>,
+}
+
+struct ShardRuntime {
+    shard_id: u16,
+    writer: ActorRef<ShardMsg>,
+    pool: PgPool,
+    queue: Semaphore,
+    request_timeout: Duration,
+}
+
+/// Creates the shard's database if the server does not have it yet.
+pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
+    let options = PgConnectOptions::from_str(database_url).context("parse database_url")?;
+    let name = options.get_database().unwrap_or("postgres").to_owned();
+    let mut admin = options.clone().database("postgres").connect().await.context("connect to the postgres database")?;
+    let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
+        .await?;
+    if !exists {
+        let create = format!("create database \"{}\"", name.replace('"', "\"\""));
+        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+            // another node or test may have created it in between
+            let created_meanwhile: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await?;
+            if !created_meanwhile {
+                return Err(error).context("create database");
+            }
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+async fn start_shard(config: &ClusterConfig, shard: &ShardConfig, faults: Arc<FaultHooks>) -> anyhow::Result<Arc<ShardRuntime>> {
+    ensure_database(&shard.database_url).await?;
+    let args = ShardArgs {
+        shard_id: shard.id,
+        database_url: shard.database_url.clone(),
+        batch_commands_max: config.limits.batch_commands_max,
+        account_cache_max: config.limits.account_cache_max,
+        faults,
+    };
+    let (writer, _join) = Actor::spawn(None, ShardActor, args)
+        .await
+        .map_err(|e| anyhow::anyhow!("shard {} writer did not start: {e}", shard.id))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(shard.pool_size.saturating_sub(1).max(1))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&shard.database_url)
+        .await?;
+    Ok(Arc::new(ShardRuntime {
+        shard_id: shard.id,
+        writer,
+        pool,
+        queue: Semaphore::new(config.limits.shard_queue_commands_max),
+        request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+    }))
+}
+
+/// Runs node `node_name` of `config` until `shutdown` resolves.
+pub async fn run(config: ClusterConfig, node_name: &str, handles: NodeHandles, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let node = config.node(node_name).with_context(|| format!("no node named {node_name:?} in the cluster config"))?.clone();
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("ledger-node {node_name}"))
+        .connect(&config.cluster.nats_url)
+        .await
+        .with_context(|| format!("connect to NATS at {}", config.cluster.nats_url))?;
+    outbox::ensure_stream(&client).await?;
+    let mut tasks = Vec::new();
+    for shard_id in &node.shards {
+        let shard = config.shard(*shard_id).expect("config checked");
+        let faults = handles.faults.get(shard_id).cloned().unwrap_or_default();
+        let runtime = start_shard(&config, shard, faults).await?;
+        let subscription = client
+            .subscribe(ledger_protocol::subject::shard_subject(*shard_id))
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribe for shard {shard_id}: {e}"))?;
+        let serve_client = client.clone();
+        let serve_runtime = runtime.clone();
+        tasks.push(tokio::spawn(async move { serve(serve_client, serve_runtime, subscription).await }));
+        tasks.push(tokio::spawn(outbox::relay(client.clone(), runtime.pool.clone(), *shard_id)));
+        info!(node = node_name, shard_id, "shard serving");
+    }
+    client.flush().await.ok();
+    shutdown.await;
+    for task in tasks {
+        task.abort();
+    }
+    Ok(())
+}
+
+async fn serve(client: async_nats::Client, runtime: Arc<ShardRuntime>, mut subscription: async_nats::Subscriber) {
+    while let Some(message) = subscription.next().await {
+        let Some(reply_to) = message.reply.clone() else { continue };
+        let client = client.clone();
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            let reply = match serde_json::from_slice::<ShardRequest>(&message.payload) {
+                Ok(request) => handle(&runtime, request).await,
+                Err(error) => ShardReply::internal(&format!("malformed internal request: {error}")),
+            };
+            let body = serde_json::to_vec(&reply).expect("replies serialize");
+            if let Err(error) = client.publish(reply_to, body.into()).await {
+                warn!(shard_id = runtime.shard_id, %error, "cannot send a shard reply");
+            }
+        });
+    }
+}
+
+fn store_failure(shard_id: u16, error: store::StoreError) -> ShardReply {
+    error!(shard_id, %error, "shard read failed");
+    ShardReply::unavailable(&format!("shard {shard_id} cannot be read right now"))
+}
+
+async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
+    let shard_id = runtime.shard_id;
+    match request {
+        ShardRequest::Write { command } => write(runtime, command).await,
+        ShardRequest::GetAccount { tenant_id, account_id } => {
+            match store::account_object(&runtime.pool, tenant_id, account_id).await {
+                Ok(Some(account)) => ShardReply::ok(serde_json::to_value(account).expect("serializes")),
+                Ok(None) => ShardReply::rejected(&Rejection::AccountNotFound { account_id: Some(account_id) }),
+                Err(error) => store_failure(shard_id, error),
+            }
+        }
+        ShardRequest::Statement { tenant_id, query } => {
+            match store::account_exists(&runtime.pool, tenant_id, query.account_id).await {
+                Ok(true) => {}
+                Ok(false) => return ShardReply::rejected(&Rejection::AccountNotFound { account_id: Some(query.account_id) }),
+                Err(error) => return store_failure(shard_id, error),
+            }
+            match store::statement(&runtime.pool, tenant_id, &query).await {
+                Ok(statement) => ShardReply::ok(serde_json::to_value(statement).expect("serializes")),
+                Err(error) => store_failure(shard_id, error),
+            }
+        }
+        ShardRequest::GetTransaction { tenant_id, by } => match get_transaction(runtime, tenant_id, by).await {
+            Ok(reply) => reply,
+            Err(error) => store_failure(shard_id, error),
+        },
+    }
+}
+
+async fn get_transaction(runtime: &ShardRuntime, tenant_id: Uuid, by: TransactionLookup) -> Result<ShardReply, store::StoreError> {
+    let id = match by {
+        TransactionLookup::Id(id) => Some(id),
+        TransactionLookup::IdempotencyKey(key) => store::tx_id_by_key(&runtime.pool, tenant_id, &key).await?,
+        TransactionLookup::ExternalRef(external_ref) => store::tx_id_by_external_ref(&runtime.pool, tenant_id, &external_ref).await?,
+    };
+    let mut conn = runtime.pool.acquire().await?;
+    let found = match id {
+        Some(id) => store::transaction_object(&mut conn, tenant_id, id).await?,
+        None => None,
+    };
+    Ok(match found {
+        Some(tx) => ShardReply::ok(serde_json::to_value(tx).expect("serializes")),
+        None => ShardReply::rejected(&Rejection::TransactionNotFound),
+    })
+}
+
+async fn write(runtime: &ShardRuntime, command: ledger_core::command::Command) -> ShardReply {
+    let shard_id = runtime.shard_id;
+    let tenant_id = command.tenant_id();
+    let Ok(_permit) = runtime.queue.try_acquire() else {
+        return ShardReply::unavailable(&format!("shard {shard_id} has too many queued writes; retry with the same key"));
+    };
+    let call = ractor::call_t!(runtime.writer, ShardMsg::Write, runtime.request_timeout.as_millis() as u64, Box::new(command));
+    let outcome = match call {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(WriteFailure::Unavailable(message))) => return ShardReply::unavailable(&message),
+        Err(error) => {
+            warn!(shard_id, %error, "shard writer did not answer");
+            return ShardReply::unavailable(&format!("shard {shard_id} did not answer in time; retry with the same key"));
+        }
+    };
+    match outcome {
+        Outcome::Posted(posted) => ShardReply::ok(serde_json::to_value(PostReply::new(&posted, false)).expect("serializes")),
+        Outcome::Replay { ledger_tx_id } => {
+            let reply = async {
+                let mut conn = runtime.pool.acquire().await?;
+                store::post_reply(&mut conn, ledger_tx_id).await
+            };
+            match reply.await {
+                Ok(Some(reply)) => ShardReply::ok(serde_json::to_value(reply).expect("serializes")),
+                Ok(None) => ShardReply::internal("a replayed transaction is missing from the journal"),
+                Err(error) => store_failure(shard_id, error),
+            }
+        }
+        Outcome::ReplayRejection { status, body } => ShardReply { status, body },
+        Outcome::Rejected(rejection) => ShardReply::rejected(&rejection),
+        Outcome::Account { account_id } => match store::account_object(&runtime.pool, tenant_id, account_id).await {
+            Ok(Some(account)) => ShardReply::ok(serde_json::to_value(account).expect("serializes")),
+            Ok(None) => ShardReply::internal("a committed account is missing"),
+            Err(error) => store_failure(shard_id, error),
+        },
+    }
+}

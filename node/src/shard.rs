@@ -1,0 +1,269 @@
+//! The shard writer: one ractor actor per shard, the only process that writes the
+//! shard's database.
+//!
+//! Group commit: a write command joins `pending`; the first one of a batch casts a
+//! `Flush` to the actor itself, which the mailbox delivers after every command already
+//! queued. The flush takes up to `batch_commands_max` pending commands, prefetches what
+//! they need, lets the pure core plan them ([`ledger_core::batch::plan_batch`]), writes
+//! the plan in one database transaction, commits, and only then updates the cache and
+//! replies. Nothing waits idly for a batch to fill.
+//!
+//! Fencing: the writer's connection holds a session advisory lock on the shard, and each
+//! batch advances the shard watermark guarded by its previous value. A second writer
+//! cannot take the lock, and a writer that lost it cannot commit.
+
+use crate::store::{self, StoreError, Watermark};
+use chrono::{SubsecRound, Utc};
+use ledger_core::account::AccountState;
+use ledger_core::batch::{BatchInput, Outcome, Snapshot, plan_batch};
+use ledger_core::command::Command;
+use ledger_core::ids::RandomIds;
+use lru::LruCache;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Why a write got no business outcome. Both are safe to retry with the same key: the
+/// batch either committed (the retry replays) or did not (the retry posts).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteFailure {
+    #[error("shard unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type WriteResult = Result<Outcome, WriteFailure>;
+
+pub enum ShardMsg {
+    Write(Box<Command>, RpcReplyPort<WriteResult>),
+    Flush,
+}
+
+/// Test-only switches that make rare failures happen on demand.
+#[derive(Debug, Default)]
+pub struct FaultHooks {
+    /// Fail the next batch after its rows are written and before it commits.
+    pub fail_next_commit: AtomicBool,
+}
+
+pub struct ShardArgs {
+    pub shard_id: u16,
+    pub database_url: String,
+    pub batch_commands_max: usize,
+    pub account_cache_max: usize,
+    pub faults: Arc<FaultHooks>,
+}
+
+pub struct ShardState {
+    shard_id: u16,
+    database_url: String,
+    writer: Option<PgConnection>,
+    watermark: Watermark,
+    cache: LruCache<Uuid, AccountState>,
+    pending: Vec<(Command, RpcReplyPort<WriteResult>)>,
+    flush_scheduled: bool,
+    batch_commands_max: usize,
+    faults: Arc<FaultHooks>,
+    ids: RandomIds,
+}
+
+pub struct ShardActor;
+
+/// Connects, migrates, takes the fence. Fails if another writer holds the shard.
+async fn open_writer(shard_id: u16, database_url: &str) -> Result<(PgConnection, Watermark), ActorProcessingErr> {
+    let mut conn = PgConnection::connect(database_url).await?;
+    store::prepare_shard(&mut conn, shard_id).await?;
+    if !store::try_fence(&mut conn, shard_id).await? {
+        return Err(format!("shard {shard_id} is owned by another writer (its fence lock is held)").into());
+    }
+    let watermark = store::watermark(&mut conn).await?;
+    Ok((conn, watermark))
+}
+
+impl Actor for ShardActor {
+    type Msg = ShardMsg;
+    type State = ShardState;
+    type Arguments = ShardArgs;
+
+    async fn pre_start(&self, _myself: ActorRef<ShardMsg>, args: ShardArgs) -> Result<ShardState, ActorProcessingErr> {
+        let (writer, watermark) = open_writer(args.shard_id, &args.database_url).await?;
+        info!(shard_id = args.shard_id, last_commit_seq = watermark.last_commit_seq, "shard writer started");
+        Ok(ShardState {
+            shard_id: args.shard_id,
+            database_url: args.database_url,
+            writer: Some(writer),
+            watermark,
+            cache: LruCache::new(NonZeroUsize::new(args.account_cache_max).expect("config checks > 0")),
+            pending: Vec::with_capacity(args.batch_commands_max),
+            flush_scheduled: false,
+            batch_commands_max: args.batch_commands_max,
+            faults: args.faults,
+            ids: RandomIds,
+        })
+    }
+
+    async fn handle(&self, myself: ActorRef<ShardMsg>, message: ShardMsg, state: &mut ShardState) -> Result<(), ActorProcessingErr> {
+        match message {
+            ShardMsg::Write(command, reply) => {
+                state.pending.push((*command, reply));
+                if !state.flush_scheduled {
+                    state.flush_scheduled = true;
+                    myself.cast(ShardMsg::Flush)?;
+                }
+            }
+            ShardMsg::Flush => {
+                state.flush_scheduled = false;
+                let take = state.pending.len().min(state.batch_commands_max);
+                let batch: Vec<_> = state.pending.drain(..take).collect();
+                if !state.pending.is_empty() {
+                    state.flush_scheduled = true;
+                    myself.cast(ShardMsg::Flush)?;
+                }
+                state.flush(batch).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ShardState {
+    async fn flush(&mut self, batch: Vec<(Command, RpcReplyPort<WriteResult>)>) -> Result<(), ActorProcessingErr> {
+        let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        match self.decide_and_commit(&commands).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    // a caller that timed out has gone away; its retry will replay
+                    let _ = reply.send(Ok(outcome));
+                }
+                Ok(())
+            }
+            Err(error) => {
+                warn!(shard_id = self.shard_id, commands = commands.len(), %error, "batch failed; state reloads from the database");
+                for reply in replies {
+                    let _ = reply.send(Err(WriteFailure::Unavailable(format!("shard {} could not commit", self.shard_id))));
+                }
+                self.recover().await
+            }
+        }
+    }
+
+    /// After a failed batch nothing in memory may be trusted to match the database.
+    async fn recover(&mut self) -> Result<(), ActorProcessingErr> {
+        self.cache.clear();
+        let healthy = match self.writer.as_mut() {
+            Some(conn) => conn.ping().await.is_ok(),
+            None => false,
+        };
+        if healthy {
+            if let Some(conn) = self.writer.as_mut() {
+                match store::watermark(conn).await {
+                    Ok(watermark) => {
+                        self.watermark = watermark;
+                        return Ok(());
+                    }
+                    Err(error) => warn!(shard_id = self.shard_id, %error, "cannot read the watermark"),
+                }
+            }
+        }
+        self.writer = None;
+        match open_writer(self.shard_id, &self.database_url).await {
+            Ok((conn, watermark)) => {
+                self.writer = Some(conn);
+                self.watermark = watermark;
+                Ok(())
+            }
+            // The writer stays down; the next batch tries again and fails its commands
+            // with SHARD_UNAVAILABLE until the database is back.
+            Err(error) => {
+                warn!(shard_id = self.shard_id, %error, "cannot reopen the shard writer");
+                if error.to_string().contains("owned by another writer") {
+                    return Err(error);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn decide_and_commit(&mut self, commands: &[Command]) -> Result<Vec<Outcome>, StoreError> {
+        if self.writer.is_none() {
+            let (conn, watermark) = open_writer(self.shard_id, &self.database_url)
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("writer unavailable: {e}")))?;
+            self.writer = Some(conn);
+            self.watermark = watermark;
+        }
+        let conn = self.writer.as_mut().expect("opened above");
+        let mut snapshot = Snapshot::default();
+
+        let reversal_targets: Vec<Uuid> = commands
+            .iter()
+            .filter_map(|c| if let Command::Reverse(r) = c { Some(r.ledger_tx_id) } else { None })
+            .collect();
+        if !reversal_targets.is_empty() {
+            snapshot.originals = store::load_originals(conn, &reversal_targets).await?;
+        }
+
+        let mut wanted: HashSet<Uuid> = commands.iter().flat_map(Command::account_ids).collect();
+        wanted.extend(snapshot.originals.values().flat_map(|o| o.entries.iter().map(|e| e.account_id)));
+        let mut missing = Vec::new();
+        for id in wanted {
+            match self.cache.get(&id) {
+                Some(state) => {
+                    snapshot.accounts.insert(id, state.clone());
+                }
+                None => missing.push(id),
+            }
+        }
+        if !missing.is_empty() {
+            for state in store::load_accounts(&mut *conn, &missing).await? {
+                snapshot.accounts.insert(state.account_id, state);
+            }
+        }
+
+        let keys: Vec<(Uuid, String)> =
+            commands.iter().filter_map(|c| c.idempotency_key().map(|k| (c.tenant_id(), k.to_owned()))).collect();
+        if !keys.is_empty() {
+            snapshot.keys = store::load_keys(&mut *conn, &keys).await?;
+        }
+        let refs: Vec<_> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Post(p) => p.external_ref.clone().map(|r| (p.tenant_id, r)),
+                _ => None,
+            })
+            .collect();
+        if !refs.is_empty() {
+            snapshot.external_refs = store::load_external_refs(&mut *conn, &refs).await?;
+        }
+
+        // Posting time never goes backwards on a shard, so commit order and time agree.
+        let clock = Utc::now().trunc_subsecs(6);
+        let now = self.watermark.last_posted_at.map_or(clock, |last| clock.max(last));
+        let input = BatchInput { shard_id: self.shard_id, now, next_commit_seq: self.watermark.last_commit_seq + 1 };
+        let plan = plan_batch(input, &mut snapshot, commands, &mut self.ids);
+
+        if !plan.writes.is_empty() {
+            let next = Watermark {
+                last_commit_seq: plan.next_commit_seq - 1,
+                last_posted_at: if plan.writes.transactions.is_empty() { self.watermark.last_posted_at } else { Some(now) },
+            };
+            let mut tx = conn.begin().await?;
+            store::write_batch(&mut tx, &plan.writes, &snapshot, self.watermark, next).await?;
+            if self.faults.fail_next_commit.swap(false, Ordering::SeqCst) {
+                tx.rollback().await?;
+                return Err(StoreError::Corrupt("injected commit failure".into()));
+            }
+            tx.commit().await?;
+            self.watermark = next;
+        }
+        for (id, state) in snapshot.accounts {
+            self.cache.put(id, state);
+        }
+        Ok(plan.outcomes)
+    }
+}

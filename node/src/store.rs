@@ -1,0 +1,688 @@
+//! Everything the node says to PostgreSQL. Write functions run inside the shard writer's
+//! transaction; read functions take any executor (the read pool).
+//!
+//! Writes are set-based: one statement per table per batch, with the batch's rows bound
+//! as arrays and spread by `UNNEST`, so a batch of 500 transfers costs the same number
+//! of round trips as one.
+
+use chrono::{DateTime, Utc};
+use ledger_core::account::{AccountState, AccountStatus};
+use ledger_core::batch::{KeyOutcome, KeyRecord, OriginalTx, Snapshot, Writes};
+use ledger_core::command::{EntryCommand, ExternalRef};
+use ledger_core::currency::Currency;
+use ledger_core::fingerprint::attributes_digest;
+use ledger_core::money::{AccountType, Side};
+use ledger_protocol::reply::{AccountObject, BalanceObject, EntryReply, PostReply, StatementEntry, StatementReply, TransactionObject};
+use ledger_protocol::internal::StatementQuery;
+use ledger_protocol::request::statement_cursor;
+use serde_json::Value;
+use sqlx::postgres::{PgConnection, PgRow};
+use sqlx::{PgExecutor, Row};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Monthly partitions created ahead of time at start-up.
+pub const PARTITION_MONTHS_AHEAD: i32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("this database belongs to shard {found}, not shard {expected}")]
+    WrongShard { expected: u16, found: i32 },
+    #[error("the shard watermark moved under us: another writer committed to this shard")]
+    Fenced,
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} {value:?}"))
+}
+
+/// Brings a shard database to the current schema and claims it for `shard_id`.
+pub async fn prepare_shard(conn: &mut PgConnection, shard_id: u16) -> Result<(), StoreError> {
+    MIGRATOR.run_direct(None, &mut *conn, false).await?;
+    sqlx::query("select ledger_ensure_partitions($1)").bind(PARTITION_MONTHS_AHEAD).execute(&mut *conn).await?;
+    sqlx::query("insert into ledger_shard (shard_id) values ($1) on conflict (singleton) do nothing")
+        .bind(shard_id as i32)
+        .execute(&mut *conn)
+        .await?;
+    let found: i32 = sqlx::query_scalar("select shard_id from ledger_shard").fetch_one(&mut *conn).await?;
+    if found != shard_id as i32 {
+        return Err(StoreError::WrongShard { expected: shard_id, found });
+    }
+    Ok(())
+}
+
+/// Key of the session advisory lock that fences a shard's writer.
+pub fn fence_lock_key(shard_id: u16) -> i64 {
+    0x4c45_4447_0000_0000 | shard_id as i64
+}
+
+/// Takes the shard's writer fence on this connection; false if another session holds it.
+pub async fn try_fence(conn: &mut PgConnection, shard_id: u16) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(fence_lock_key(shard_id)).fetch_one(conn).await?)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Watermark {
+    pub last_commit_seq: i64,
+    pub last_posted_at: Option<DateTime<Utc>>,
+}
+
+pub async fn watermark(conn: impl PgExecutor<'_>) -> Result<Watermark, StoreError> {
+    let row = sqlx::query(
+        "select last_commit_seq, case when last_posted_at = '-infinity' then null else last_posted_at end as last_posted_at
+         from ledger_shard",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(Watermark { last_commit_seq: row.try_get(0)?, last_posted_at: row.try_get(1)? })
+}
+
+fn account_state(row: &PgRow) -> Result<AccountState, StoreError> {
+    let type_text: String = row.try_get("account_type")?;
+    let currency_text: String = row.try_get("currency_code")?;
+    let status_text: String = row.try_get("status")?;
+    let account_type = AccountType::parse(&type_text).ok_or_else(|| corrupt("account type", &type_text))?;
+    let currency = Currency::parse(&currency_text).ok_or_else(|| corrupt("currency", &currency_text))?;
+    let allow_negative: bool = row.try_get("allow_negative")?;
+    let metadata: Value = row.try_get("metadata")?;
+    Ok(AccountState {
+        account_id: row.try_get("account_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        account_type,
+        currency,
+        status: AccountStatus::parse(&status_text).ok_or_else(|| corrupt("account status", &status_text))?,
+        allow_negative,
+        balance_minor: row.try_get("balance_minor")?,
+        debits_minor: row.try_get("debits_minor")?,
+        credits_minor: row.try_get("credits_minor")?,
+        version: row.try_get("version")?,
+        last_entry_id: row.try_get("last_entry_id")?,
+        attributes_digest: attributes_digest(account_type, currency, allow_negative, &metadata),
+    })
+}
+
+pub async fn load_accounts(conn: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<AccountState>, StoreError> {
+    let rows = sqlx::query(
+        "select a.account_id, a.tenant_id, a.account_type, a.currency_code, a.status, a.allow_negative, a.metadata,
+                b.balance_minor, b.debits_minor, b.credits_minor, b.version, b.last_entry_id
+         from ledger_account a join account_balance b on b.account_id = a.account_id
+         where a.account_id = any($1)",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(account_state).collect()
+}
+
+pub async fn load_keys(
+    conn: impl PgExecutor<'_>,
+    keys: &[(Uuid, String)],
+) -> Result<HashMap<(Uuid, String), KeyRecord>, StoreError> {
+    let tenants: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
+    let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let rows = sqlx::query(
+        "select i.tenant_id, i.idempotency_key, i.request_fingerprint, i.status, i.ledger_tx_id, i.response_code, i.response_body
+         from ledger_idempotency i
+         join unnest($1::uuid[], $2::text[]) as k(tenant_id, idempotency_key)
+           on i.tenant_id = k.tenant_id and i.idempotency_key = k.idempotency_key",
+    )
+    .bind(&tenants)
+    .bind(&names)
+    .fetch_all(conn)
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        let outcome = match status.as_str() {
+            "SUCCEEDED" => KeyOutcome::Posted {
+                ledger_tx_id: row.try_get::<Option<Uuid>, _>("ledger_tx_id")?.ok_or_else(|| corrupt("key without tx", &status))?,
+            },
+            "FAILED_FINAL" => KeyOutcome::Rejected {
+                status: row.try_get::<Option<i32>, _>("response_code")?.unwrap_or(500) as u16,
+                body: row.try_get::<Option<Value>, _>("response_body")?.unwrap_or(Value::Null),
+            },
+            other => return Err(corrupt("idempotency status", other)),
+        };
+        let key = (row.try_get("tenant_id")?, row.try_get("idempotency_key")?);
+        found.insert(key, KeyRecord { fingerprint: row.try_get("request_fingerprint")?, outcome });
+    }
+    Ok(found)
+}
+
+pub async fn load_external_refs(
+    conn: impl PgExecutor<'_>,
+    refs: &[(Uuid, ExternalRef)],
+) -> Result<HashMap<(Uuid, ExternalRef), Uuid>, StoreError> {
+    let tenants: Vec<Uuid> = refs.iter().map(|r| r.0).collect();
+    let types: Vec<&str> = refs.iter().map(|r| r.1.ref_type.as_str()).collect();
+    let names: Vec<&str> = refs.iter().map(|r| r.1.reference.as_str()).collect();
+    let rows = sqlx::query(
+        "select x.tenant_id, x.external_ref_type, x.external_ref, x.ledger_tx_id
+         from ledger_external_ref x
+         join unnest($1::uuid[], $2::text[], $3::text[]) as k(tenant_id, ref_type, ref)
+           on x.tenant_id = k.tenant_id and x.external_ref_type = k.ref_type and x.external_ref = k.ref",
+    )
+    .bind(&tenants)
+    .bind(&types)
+    .bind(&names)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let external_ref = ExternalRef { ref_type: row.try_get(1)?, reference: row.try_get(2)? };
+            Ok(((row.try_get(0)?, external_ref), row.try_get(3)?))
+        })
+        .collect()
+}
+
+fn entry_command(row: &PgRow) -> Result<EntryCommand, StoreError> {
+    let side: String = row.try_get("entry_side")?;
+    let currency: String = row.try_get("currency_code")?;
+    Ok(EntryCommand {
+        account_id: row.try_get("account_id")?,
+        side: Side::parse(&side).ok_or_else(|| corrupt("side", &side))?,
+        amount_minor: row.try_get("amount_minor")?,
+        currency: Currency::parse(&currency).ok_or_else(|| corrupt("currency", &currency))?,
+    })
+}
+
+pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, OriginalTx>, StoreError> {
+    let rows = sqlx::query(
+        "select t.ledger_tx_id, t.tenant_id, t.tx_type, t.business_ref, r.reversal_ledger_tx_id
+         from ledger_transaction t
+         left join ledger_reversal r on r.tenant_id = t.tenant_id and r.reversed_ledger_tx_id = t.ledger_tx_id
+         where t.ledger_tx_id = any($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut originals = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: Uuid = row.try_get(0)?;
+        originals.insert(
+            id,
+            OriginalTx {
+                ledger_tx_id: id,
+                tenant_id: row.try_get(1)?,
+                tx_type: row.try_get(2)?,
+                business_ref: row.try_get(3)?,
+                entries: Vec::new(),
+                reversed_by: row.try_get(4)?,
+            },
+        );
+    }
+    let found: Vec<Uuid> = originals.keys().copied().collect();
+    let entries = sqlx::query(
+        "select ledger_tx_id, account_id, entry_side, amount_minor, currency_code
+         from ledger_entry where ledger_tx_id = any($1) order by ledger_tx_id, entry_seq",
+    )
+    .bind(&found)
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &entries {
+        let id: Uuid = row.try_get("ledger_tx_id")?;
+        originals.get_mut(&id).expect("selected above").entries.push(entry_command(row)?);
+    }
+    Ok(originals)
+}
+
+/// Writes a planned batch. Runs inside the writer's transaction; the caller commits.
+pub async fn write_batch(
+    conn: &mut PgConnection,
+    writes: &Writes,
+    snapshot: &Snapshot,
+    previous: Watermark,
+    next: Watermark,
+) -> Result<(), StoreError> {
+    let advanced = sqlx::query(
+        "update ledger_shard set last_commit_seq = $2, last_posted_at = coalesce($3, last_posted_at)
+         where last_commit_seq = $1",
+    )
+    .bind(previous.last_commit_seq)
+    .bind(next.last_commit_seq)
+    .bind(next.last_posted_at)
+    .execute(&mut *conn)
+    .await?;
+    if advanced.rows_affected() != 1 {
+        return Err(StoreError::Fenced);
+    }
+    if !writes.accounts.is_empty() {
+        insert_accounts(conn, writes).await?;
+    }
+    if !writes.status_changes.is_empty() {
+        insert_status_changes(conn, writes).await?;
+    }
+    if !writes.transactions.is_empty() {
+        insert_transactions(conn, writes).await?;
+        insert_entries(conn, writes).await?;
+    }
+    if !writes.keys.is_empty() {
+        insert_keys(conn, writes).await?;
+    }
+    if !writes.external_refs.is_empty() {
+        let x = &writes.external_refs;
+        sqlx::query(
+            "insert into ledger_external_ref (tenant_id, external_ref_type, external_ref, ledger_tx_id)
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[])",
+        )
+        .bind(x.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+        .bind(x.iter().map(|r| r.external_ref.ref_type.as_str()).collect::<Vec<_>>())
+        .bind(x.iter().map(|r| r.external_ref.reference.as_str()).collect::<Vec<_>>())
+        .bind(x.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !writes.reversals.is_empty() {
+        let r = &writes.reversals;
+        sqlx::query(
+            "insert into ledger_reversal (tenant_id, reversed_ledger_tx_id, reversal_ledger_tx_id)
+             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[])",
+        )
+        .bind(r.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.reversed_ledger_tx_id).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.reversal_ledger_tx_id).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !writes.touched_accounts.is_empty() {
+        update_balances(conn, writes, snapshot).await?;
+    }
+    if !writes.outbox.is_empty() {
+        let o = &writes.outbox;
+        sqlx::query(
+            "insert into ledger_outbox (outbox_id, tenant_id, aggregate_type, aggregate_id, event_type, payload, created_at)
+             select id, tenant, agg_type, agg_id, ev_type, payload::jsonb, created
+             from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
+                  as u(id, tenant, agg_type, agg_id, ev_type, payload, created)",
+        )
+        .bind(o.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(o.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
+        .bind(o.iter().map(|e| e.aggregate_type).collect::<Vec<_>>())
+        .bind(o.iter().map(|e| e.aggregate_id).collect::<Vec<_>>())
+        .bind(o.iter().map(|e| e.event_type).collect::<Vec<_>>())
+        .bind(o.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
+        .bind(o.iter().map(|e| e.created_at).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn insert_accounts(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
+    let a = &writes.accounts;
+    sqlx::query(
+        "insert into ledger_account (account_id, tenant_id, account_code, account_type, currency_code, allow_negative, metadata, created_at)
+         select id, tenant, code, kind, currency, allow_negative, metadata::jsonb, created
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::text[], $8::timestamptz[])
+              as u(id, tenant, code, kind, currency, allow_negative, metadata, created)",
+    )
+    .bind(a.iter().map(|n| n.command.account_id).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.command.tenant_id).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.command.code.as_str()).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.command.account_type.as_str()).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.command.currency.as_str()).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.command.allow_negative).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.command.metadata.to_string()).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.created_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "insert into account_balance (account_id, tenant_id, currency_code, updated_at)
+         select * from unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])",
+    )
+    .bind(a.iter().map(|n| n.command.account_id).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.command.tenant_id).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.command.currency.as_str()).collect::<Vec<_>>())
+    .bind(a.iter().map(|n| n.created_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_status_changes(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
+    let s = &writes.status_changes;
+    // One change per account per batch at most reaches this update: later ones in the
+    // same batch see the earlier one's state, so apply them in order, one statement each.
+    for change in s {
+        sqlx::query(
+            "update ledger_account set status = $2,
+                    closed_at = case when $2 = 'CLOSED' then $3 else null end
+             where account_id = $1",
+        )
+        .bind(change.account_id)
+        .bind(change.to.as_str())
+        .bind(change.changed_at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(
+        "insert into ledger_account_status_change (change_id, tenant_id, account_id, from_status, to_status, actor, reason_code, changed_at)
+         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])",
+    )
+    .bind(s.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(s.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
+    .bind(s.iter().map(|c| c.account_id).collect::<Vec<_>>())
+    .bind(s.iter().map(|c| c.from.as_str()).collect::<Vec<_>>())
+    .bind(s.iter().map(|c| c.to.as_str()).collect::<Vec<_>>())
+    .bind(s.iter().map(|c| c.actor.as_str()).collect::<Vec<_>>())
+    .bind(s.iter().map(|c| c.reason_code.as_deref()).collect::<Vec<_>>())
+    .bind(s.iter().map(|c| c.changed_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_transactions(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
+    let t = &writes.transactions;
+    sqlx::query(
+        "insert into ledger_transaction (ledger_tx_id, tenant_id, commit_seq, tx_type, idempotency_key, request_fingerprint,
+                external_ref_type, external_ref, business_ref, occurred_at, posted_at, created_by, reason_code, metadata,
+                reverses_ledger_tx_id)
+         select id, tenant, seq, kind, key, fp, ref_type, ref, business_ref, occurred, posted, actor, reason, metadata::jsonb, reverses
+         from unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                     $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[], $14::text[], $15::uuid[])
+              as u(id, tenant, seq, kind, key, fp, ref_type, ref, business_ref, occurred, posted, actor, reason, metadata, reverses)",
+    )
+    .bind(t.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.commit_seq).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.tx_type.as_str()).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.external_ref.as_ref().map(|x| x.ref_type.as_str())).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.external_ref.as_ref().map(|x| x.reference.as_str())).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.business_ref.as_deref()).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.posted_at).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.reason_code.as_deref()).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.metadata.to_string()).collect::<Vec<_>>())
+    .bind(t.iter().map(|r| r.reverses_ledger_tx_id).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_entries(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
+    let e = &writes.entries;
+    sqlx::query(
+        "insert into ledger_entry (ledger_entry_id, ledger_tx_id, tenant_id, account_id, entry_side, amount_minor, currency_code,
+                entry_seq, balance_after_minor, commit_seq, effective_at, posted_at)
+         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::int8[], $7::text[], $8::int4[],
+                              $9::int8[], $10::int8[], $11::timestamptz[], $12::timestamptz[])",
+    )
+    .bind(e.iter().map(|r| r.ledger_entry_id).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.account_id).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.side.as_str()).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.entry_seq).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.balance_after_minor).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.commit_seq).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.effective_at).collect::<Vec<_>>())
+    .bind(e.iter().map(|r| r.posted_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_keys(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
+    let k = &writes.keys;
+    sqlx::query(
+        "insert into ledger_idempotency (tenant_id, idempotency_key, request_fingerprint, status, ledger_tx_id, response_code,
+                response_body, created_at, updated_at, expires_at)
+         select tenant, key, fp, case when tx is null then 'FAILED_FINAL' else 'SUCCEEDED' end, tx, code, body::jsonb,
+                created, created, expires
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int4[], $6::text[], $7::timestamptz[], $8::timestamptz[])
+              as u(tenant, key, fp, tx, code, body, created, expires)",
+    )
+    .bind(k.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.response_status as i32).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.response_body.as_ref().map(|b| b.to_string())).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.expires_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn update_balances(conn: &mut PgConnection, writes: &Writes, snapshot: &Snapshot) -> Result<(), StoreError> {
+    let states: Vec<&AccountState> =
+        writes.touched_accounts.iter().map(|id| snapshot.accounts.get(id).expect("touched accounts are in the snapshot")).collect();
+    let now = writes.transactions.first().map(|t| t.posted_at).or_else(|| writes.status_changes.first().map(|c| c.changed_at));
+    sqlx::query(
+        "update account_balance b
+         set balance_minor = u.balance, debits_minor = u.debits, credits_minor = u.credits, version = u.version,
+             last_entry_id = u.last_entry, updated_at = coalesce($7, now())
+         from unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::uuid[])
+              as u(id, balance, debits, credits, version, last_entry)
+         where b.account_id = u.id",
+    )
+    .bind(states.iter().map(|s| s.account_id).collect::<Vec<_>>())
+    .bind(states.iter().map(|s| s.balance_minor).collect::<Vec<_>>())
+    .bind(states.iter().map(|s| s.debits_minor).collect::<Vec<_>>())
+    .bind(states.iter().map(|s| s.credits_minor).collect::<Vec<_>>())
+    .bind(states.iter().map(|s| s.version).collect::<Vec<_>>())
+    .bind(states.iter().map(|s| s.last_entry_id).collect::<Vec<_>>())
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+// ---- reads -------------------------------------------------------------------------
+
+pub async fn account_object(conn: impl PgExecutor<'_>, tenant_id: Uuid, account_id: Uuid) -> Result<Option<AccountObject>, StoreError> {
+    let row = sqlx::query(
+        "select a.account_id, a.tenant_id, a.account_code, a.account_type, a.currency_code, a.status, a.allow_negative,
+                a.metadata, a.created_at, a.closed_at,
+                b.balance_minor, b.debits_minor, b.credits_minor, b.version, b.updated_at
+         from ledger_account a join account_balance b on b.account_id = a.account_id
+         where a.account_id = $1 and a.tenant_id = $2",
+    )
+    .bind(account_id)
+    .bind(tenant_id)
+    .fetch_optional(conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(AccountObject {
+        account_id: row.try_get("account_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        code: row.try_get("account_code")?,
+        account_type: row.try_get("account_type")?,
+        currency: row.try_get("currency_code")?,
+        status: row.try_get("status")?,
+        allow_negative: row.try_get("allow_negative")?,
+        metadata: row.try_get("metadata")?,
+        created_at: row.try_get("created_at")?,
+        closed_at: row.try_get("closed_at")?,
+        balance: BalanceObject {
+            balance_minor: row.try_get("balance_minor")?,
+            debits_minor: row.try_get("debits_minor")?,
+            credits_minor: row.try_get("credits_minor")?,
+            version: row.try_get("version")?,
+            updated_at: row.try_get("updated_at")?,
+        },
+    }))
+}
+
+fn entry_reply(row: &PgRow) -> Result<EntryReply, StoreError> {
+    let side: String = row.try_get("entry_side")?;
+    Ok(EntryReply {
+        ledger_entry_id: row.try_get("ledger_entry_id")?,
+        account_id: row.try_get("account_id")?,
+        side: Side::parse(&side).ok_or_else(|| corrupt("side", &side))?.as_str(),
+        amount_minor: row.try_get("amount_minor")?,
+        currency: row.try_get("currency_code")?,
+        entry_seq: row.try_get("entry_seq")?,
+        balance_after_minor: row.try_get("balance_after_minor")?,
+    })
+}
+
+/// The posting time window a ledger id can have been posted in: its v7 timestamp is the
+/// posting time truncated to the millisecond, which lets PostgreSQL prune partitions.
+fn posted_window(ledger_tx_id: Uuid) -> (DateTime<Utc>, DateTime<Utc>) {
+    let millis = (ledger_tx_id.as_u128() >> 80) as i64;
+    let start = DateTime::from_timestamp_millis(millis).unwrap_or_default();
+    (start, start + chrono::Duration::milliseconds(1))
+}
+
+pub async fn transaction_object(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    ledger_tx_id: Uuid,
+) -> Result<Option<TransactionObject>, StoreError> {
+    let (from, to) = posted_window(ledger_tx_id);
+    let row = sqlx::query(
+        "select t.ledger_tx_id, t.tx_type, t.occurred_at, t.posted_at, t.created_by, t.business_ref, t.external_ref_type,
+                t.external_ref, t.reason_code, t.metadata, t.reverses_ledger_tx_id, r.reversal_ledger_tx_id
+         from ledger_transaction t
+         left join ledger_reversal r on r.tenant_id = t.tenant_id and r.reversed_ledger_tx_id = t.ledger_tx_id
+         where t.ledger_tx_id = $1 and t.tenant_id = $2 and t.posted_at >= $3 and t.posted_at < $4",
+    )
+    .bind(ledger_tx_id)
+    .bind(tenant_id)
+    .bind(from)
+    .bind(to)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let entries = entry_replies(conn, ledger_tx_id).await?;
+    let reversed_by: Option<Uuid> = row.try_get("reversal_ledger_tx_id")?;
+    Ok(Some(TransactionObject {
+        ledger_tx_id,
+        tx_type: row.try_get("tx_type")?,
+        status: if reversed_by.is_some() { "REVERSED" } else { "POSTED" },
+        entries,
+        reverses_ledger_tx_id: row.try_get("reverses_ledger_tx_id")?,
+        reversed_by_ledger_tx_id: reversed_by,
+        occurred_at: row.try_get("occurred_at")?,
+        posted_at: row.try_get("posted_at")?,
+        actor: row.try_get("created_by")?,
+        business_ref: row.try_get("business_ref")?,
+        external_ref: external_ref(&row)?,
+        reason_code: row.try_get("reason_code")?,
+        metadata: row.try_get("metadata")?,
+    }))
+}
+
+fn external_ref(row: &PgRow) -> Result<Option<ExternalRef>, StoreError> {
+    let ref_type: Option<String> = row.try_get("external_ref_type")?;
+    let reference: Option<String> = row.try_get("external_ref")?;
+    Ok(ref_type.zip(reference).map(|(ref_type, reference)| ExternalRef { ref_type, reference }))
+}
+
+async fn entry_replies(conn: &mut PgConnection, ledger_tx_id: Uuid) -> Result<Vec<EntryReply>, StoreError> {
+    let (from, to) = posted_window(ledger_tx_id);
+    let rows = sqlx::query(
+        "select ledger_entry_id, account_id, entry_side, amount_minor, currency_code, entry_seq, balance_after_minor
+         from ledger_entry where ledger_tx_id = $1 and posted_at >= $2 and posted_at < $3 order by entry_seq",
+    )
+    .bind(ledger_tx_id)
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(entry_reply).collect()
+}
+
+/// The reply a post or reversal gave, rebuilt from the journal for a replay.
+pub async fn post_reply(conn: &mut PgConnection, ledger_tx_id: Uuid) -> Result<Option<PostReply>, StoreError> {
+    let (from, to) = posted_window(ledger_tx_id);
+    let posted_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "select posted_at from ledger_transaction where ledger_tx_id = $1 and posted_at >= $2 and posted_at < $3",
+    )
+    .bind(ledger_tx_id)
+    .bind(from)
+    .bind(to)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(posted_at) = posted_at else { return Ok(None) };
+    let entries = entry_replies(conn, ledger_tx_id).await?;
+    Ok(Some(PostReply { ledger_tx_id, status: "POSTED", posted_at, replayed: true, entries }))
+}
+
+pub async fn tx_id_by_key(conn: impl PgExecutor<'_>, tenant_id: Uuid, key: &str) -> Result<Option<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select ledger_tx_id from ledger_idempotency where tenant_id = $1 and idempotency_key = $2 and ledger_tx_id is not null",
+    )
+    .bind(tenant_id)
+    .bind(key)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn tx_id_by_external_ref(conn: impl PgExecutor<'_>, tenant_id: Uuid, external_ref: &ExternalRef) -> Result<Option<Uuid>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "select ledger_tx_id from ledger_external_ref where tenant_id = $1 and external_ref_type = $2 and external_ref = $3",
+    )
+    .bind(tenant_id)
+    .bind(&external_ref.ref_type)
+    .bind(&external_ref.reference)
+    .fetch_optional(conn)
+    .await?)
+}
+
+pub async fn statement(conn: impl PgExecutor<'_>, tenant_id: Uuid, query: &StatementQuery) -> Result<StatementReply, StoreError> {
+    let rows = sqlx::query(
+        "select e.ledger_entry_id, e.ledger_tx_id, t.tx_type, e.entry_side, e.amount_minor, e.currency_code,
+                e.balance_after_minor, e.effective_at, e.posted_at, t.business_ref, t.external_ref_type, t.external_ref,
+                e.commit_seq
+         from ledger_entry e
+         join ledger_transaction t on t.ledger_tx_id = e.ledger_tx_id and t.posted_at = e.posted_at
+         where e.account_id = $1 and e.tenant_id = $2 and e.commit_seq > $3
+           and ($4::timestamptz is null or e.posted_at >= $4)
+           and ($5::timestamptz is null or e.posted_at < $5)
+         order by e.commit_seq
+         limit $6",
+    )
+    .bind(query.account_id)
+    .bind(tenant_id)
+    .bind(query.after_commit_seq.unwrap_or(0))
+    .bind(query.from)
+    .bind(query.to)
+    .bind(query.limit as i64 + 1)
+    .fetch_all(conn)
+    .await?;
+    let more = rows.len() > query.limit as usize;
+    let mut entries = Vec::with_capacity(rows.len().min(query.limit as usize));
+    let mut last_seq = None;
+    for row in rows.iter().take(query.limit as usize) {
+        last_seq = Some(row.try_get::<i64, _>("commit_seq")?);
+        entries.push(StatementEntry {
+            ledger_entry_id: row.try_get("ledger_entry_id")?,
+            ledger_tx_id: row.try_get("ledger_tx_id")?,
+            tx_type: row.try_get("tx_type")?,
+            side: row.try_get("entry_side")?,
+            amount_minor: row.try_get("amount_minor")?,
+            currency: row.try_get("currency_code")?,
+            balance_after_minor: row.try_get("balance_after_minor")?,
+            effective_at: row.try_get("effective_at")?,
+            posted_at: row.try_get("posted_at")?,
+            business_ref: row.try_get("business_ref")?,
+            external_ref: external_ref(row)?,
+        });
+    }
+    Ok(StatementReply { entries, next_cursor: if more { last_seq.map(statement_cursor) } else { None } })
+}
+
+pub async fn account_exists(conn: impl PgExecutor<'_>, tenant_id: Uuid, account_id: Uuid) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar("select exists(select 1 from ledger_account where account_id = $1 and tenant_id = $2)")
+        .bind(account_id)
+        .bind(tenant_id)
+        .fetch_one(conn)
+        .await?)
+}

@@ -1,0 +1,43 @@
+//! # ledger-protocol
+//!
+//! The wire contract of PROTOCOL.md as Rust types, and the internal messages between
+//! routers and shard nodes.
+//!
+//! ## Layout
+//! - [`subject`]: public subjects (`ledger.v1.<tenant>.<resource>.<op>`) and internal ones.
+//! - [`request`]: request bodies, parsed strictly (unknown fields refused, the failing
+//!   field named), and their conversion into validated core commands.
+//! - [`reply`]: reply bodies (account object, transaction replies, statements).
+//! - [`internal`]: router ↔ shard node messages.
+
+pub mod internal;
+pub mod reply;
+pub mod request;
+pub mod subject;
+
+/// Times on the wire: RFC 3339, UTC, always six fractional digits, so that a replayed
+/// reply is byte-identical to the first.
+pub fn format_time(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+pub mod time_format {
+    use chrono::{DateTime, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_time(*at))
+    }
+
+    pub mod option {
+        use chrono::{DateTime, Utc};
+        use serde::Serializer;
+
+        pub fn serialize<S: Serializer>(at: &Option<DateTime<Utc>>, serializer: S) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => serializer.serialize_str(&super::super::format_time(*at)),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
+}
