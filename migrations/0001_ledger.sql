@@ -286,6 +286,16 @@ create table ledger_entry (
 -- Statements walk an account's entries in posting order.
 create index ix_ledger_entry_account_seq on ledger_entry (account_id, commit_seq);
 
+-- Journal facts are append-only in the database itself: no role, not even the owner
+-- or a superuser, can update, delete or truncate them while these triggers stand.
+create function ledger_forbid_change() returns trigger
+language plpgsql as $$
+begin
+    raise exception 'ledger: % on % is forbidden: ledger facts are immutable; correct by reversal', tg_op, tg_table_name
+        using errcode = 'insufficient_privilege';
+end
+$$;
+
 create table ledger_transaction_default partition of ledger_transaction default;
 create table ledger_entry_default partition of ledger_entry default;
 
@@ -308,6 +318,10 @@ begin
                     name, parent,
                     (month_start::timestamp at time zone 'UTC'),
                     ((month_start + interval '1 month')::timestamp at time zone 'UTC'));
+                -- row triggers are inherited from the parent; TRUNCATE triggers are not
+                execute format(
+                    'create trigger trg_%s_no_truncate before truncate on %I for each statement execute function ledger_forbid_change()',
+                    name, name);
             end if;
         end loop;
     end loop;
@@ -366,15 +380,7 @@ create table ledger_outbox (
 
 create index ix_ledger_outbox_unpublished on ledger_outbox (created_at, outbox_id) where published_at is null;
 
--- Journal facts are append-only in the database itself: no role, not even the owner
--- or a superuser, can update, delete or truncate them while these triggers stand.
-create function ledger_forbid_change() returns trigger
-language plpgsql as $$
-begin
-    raise exception 'ledger: % on % is forbidden: ledger facts are immutable; correct by reversal', tg_op, tg_table_name
-        using errcode = 'insufficient_privilege';
-end
-$$;
+
 
 create trigger trg_ledger_transaction_immutable before update or delete on ledger_transaction
     for each row execute function ledger_forbid_change();
@@ -390,3 +396,13 @@ create trigger trg_ledger_reversal_immutable before update or delete on ledger_r
     for each row execute function ledger_forbid_change();
 create trigger trg_ledger_account_status_change_immutable before update or delete on ledger_account_status_change
     for each row execute function ledger_forbid_change();
+create trigger trg_ledger_transaction_default_no_truncate before truncate on ledger_transaction_default
+    for each statement execute function ledger_forbid_change();
+create trigger trg_ledger_entry_default_no_truncate before truncate on ledger_entry_default
+    for each statement execute function ledger_forbid_change();
+create trigger trg_ledger_external_ref_no_truncate before truncate on ledger_external_ref
+    for each statement execute function ledger_forbid_change();
+create trigger trg_ledger_reversal_no_truncate before truncate on ledger_reversal
+    for each statement execute function ledger_forbid_change();
+create trigger trg_ledger_account_status_change_no_truncate before truncate on ledger_account_status_change
+    for each statement execute function ledger_forbid_change();

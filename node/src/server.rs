@@ -32,6 +32,7 @@ pub struct NodeHandles {
 struct ShardRuntime {
     shard_id: u16,
     writer: ActorRef<ShardMsg>,
+    writer_join: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pool: PgPool,
     queue: Semaphore,
     request_timeout: Duration,
@@ -72,7 +73,7 @@ async fn start_shard(config: &ClusterConfig, shard: &ShardConfig, faults: Arc<Fa
         account_cache_max: config.limits.account_cache_max,
         faults,
     };
-    let (writer, _join) = Actor::spawn(None, ShardActor, args)
+    let (writer, writer_join) = Actor::spawn(None, ShardActor, args)
         .await
         .map_err(|e| anyhow::anyhow!("shard {} writer did not start: {e}", shard.id))?;
     let pool = PgPoolOptions::new()
@@ -83,6 +84,7 @@ async fn start_shard(config: &ClusterConfig, shard: &ShardConfig, faults: Arc<Fa
     Ok(Arc::new(ShardRuntime {
         shard_id: shard.id,
         writer,
+        writer_join: std::sync::Mutex::new(Some(writer_join)),
         pool,
         queue: Semaphore::new(config.limits.shard_queue_commands_max),
         request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
@@ -99,6 +101,7 @@ pub async fn run(config: ClusterConfig, node_name: &str, handles: NodeHandles, s
         .with_context(|| format!("connect to NATS at {}", config.cluster.nats_url))?;
     outbox::ensure_stream(&client).await?;
     let mut tasks = Vec::new();
+    let mut runtimes = Vec::new();
     for shard_id in &node.shards {
         let shard = config.shard(*shard_id).expect("config checked");
         let faults = handles.faults.get(shard_id).cloned().unwrap_or_default();
@@ -107,6 +110,7 @@ pub async fn run(config: ClusterConfig, node_name: &str, handles: NodeHandles, s
             .subscribe(ledger_protocol::subject::shard_subject(*shard_id))
             .await
             .map_err(|e| anyhow::anyhow!("subscribe for shard {shard_id}: {e}"))?;
+        runtimes.push(runtime.clone());
         let serve_client = client.clone();
         let serve_runtime = runtime.clone();
         tasks.push(tokio::spawn(async move { serve(serve_client, serve_runtime, subscription).await }));
@@ -117,6 +121,14 @@ pub async fn run(config: ClusterConfig, node_name: &str, handles: NodeHandles, s
     shutdown.await;
     for task in tasks {
         task.abort();
+    }
+    for runtime in runtimes {
+        runtime.writer.stop(Some("node shutting down".into()));
+        let join = runtime.writer_join.lock().expect("not poisoned").take();
+        if let Some(join) = join {
+            let _ = join.await;
+        }
+        runtime.pool.close().await;
     }
     Ok(())
 }

@@ -107,6 +107,17 @@ impl Actor for ShardActor {
         })
     }
 
+    async fn post_stop(&self, _myself: ActorRef<ShardMsg>, state: &mut ShardState) -> Result<(), ActorProcessingErr> {
+        for (_, reply) in state.pending.drain(..) {
+            let _ = reply.send(Err(WriteFailure::Unavailable(format!("shard {} writer stopped", state.shard_id))));
+        }
+        // closing the connection releases the fence at once, for the writer that follows
+        if let Some(conn) = state.writer.take() {
+            let _ = conn.close().await;
+        }
+        Ok(())
+    }
+
     async fn handle(&self, myself: ActorRef<ShardMsg>, message: ShardMsg, state: &mut ShardState) -> Result<(), ActorProcessingErr> {
         match message {
             ShardMsg::Write(command, reply) => {

@@ -39,7 +39,7 @@ fn field_of(path: &str, message: &str) -> String {
     let missing = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next());
     match (path, missing) {
         (".", Some(name)) => name.to_owned(),
-        (".", None) => "body".to_owned(),
+        (".", None) | ("?", _) | ("", _) => "body".to_owned(),
         (path, Some(name)) => format!("{path}.{name}"),
         (path, None) => path.to_owned(),
     }

@@ -1,1 +1,304 @@
+//! Test harness: a real cluster (node + router in-process) on a private nats-server and
+//! private databases, and a client that speaks the public protocol.
 
+use ledger_node::config::ClusterConfig;
+use ledger_node::server::NodeHandles;
+use ledger_node::shard::FaultHooks;
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub fn pg_server_url() -> String {
+    std::env::var("LEDGER_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A private nats-server with JetStream; killed on drop.
+pub struct NatsServer {
+    child: Child,
+    pub url: String,
+    pub port: u16,
+    store_dir: std::path::PathBuf,
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let port = free_port();
+        let store_dir = std::env::temp_dir().join(format!("ledger-test-nats-{}-{port}", std::process::id()));
+        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+        let child = Command::new(&binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&store_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e} (set NATS_SERVER_BIN or put nats-server on PATH)"));
+        let url = format!("nats://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        NatsServer { child, url, port, store_dir }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.store_dir);
+    }
+}
+
+/// A reply as a client sees it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub body: Value,
+    /// `Nats-Service-Error` (the code) and `Nats-Service-Error-Code` (the status).
+    pub error_header: Option<(String, String)>,
+}
+
+impl Reply {
+    pub fn is_ok(&self) -> bool {
+        self.error_header.is_none() && self.body.get("error").is_none()
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        self.body.get("error")?.get("code")?.as_str()
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Value {
+        assert!(self.is_ok(), "expected success, got {}", self.body);
+        self.body
+    }
+
+    /// Asserts the failure's code in the body and in both headers; returns the error object.
+    #[track_caller]
+    pub fn err(self, code: &str, status: u16) -> Value {
+        assert_eq!(self.code(), Some(code), "reply: {}", self.body);
+        let (header_code, header_status) = self.error_header.clone().expect("an error reply carries service headers");
+        assert_eq!(header_code, code);
+        assert_eq!(header_status, status.to_string());
+        self.body["error"].clone()
+    }
+}
+
+static CLUSTER_SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub struct Cluster {
+    pub nats: NatsServer,
+    pub client: async_nats::Client,
+    pub tenant: Uuid,
+    pub config: ClusterConfig,
+    pub faults: HashMap<u16, Arc<FaultHooks>>,
+    node: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    router: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+}
+
+pub fn cluster_toml(name: &str, nats_url: &str, database_urls: &[String]) -> String {
+    let mut text = format!(
+        "[cluster]\nname = \"{name}\"\nnats_url = \"{nats_url}\"\n[ring]\nvirtual_nodes_per_shard = 128\n\
+         [limits]\nrequest_timeout_ms = 5000\n"
+    );
+    for (id, url) in database_urls.iter().enumerate() {
+        text.push_str(&format!("[[shards]]\nid = {id}\ndatabase_url = \"{url}\"\npool_size = 4\n"));
+    }
+    let ids: Vec<String> = (0..database_urls.len()).map(|i| i.to_string()).collect();
+    text.push_str(&format!("[[nodes]]\nname = \"node-0\"\nshards = [{}]\n", ids.join(", ")));
+    text
+}
+
+impl Cluster {
+    pub async fn start(shards: usize) -> Cluster {
+        let nats = NatsServer::start().await;
+        let name = format!(
+            "ledger_test_{}_{}_{}",
+            std::process::id(),
+            CLUSTER_SEQ.fetch_add(1, Ordering::SeqCst),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        let urls: Vec<String> = (0..shards).map(|i| format!("{}/{name}_s{i}", pg_server_url())).collect();
+        let config = ClusterConfig::parse(&cluster_toml(&name, &nats.url, &urls), "test").expect("test config");
+        let faults: HashMap<u16, Arc<FaultHooks>> = (0..shards as u16).map(|id| (id, Arc::default())).collect();
+        let client = async_nats::connect(&nats.url).await.expect("connect to the test nats-server");
+        let mut cluster = Cluster { nats, client, tenant: Uuid::new_v4(), config, faults, node: None, router: None };
+        cluster.start_node().await;
+        cluster.start_router().await;
+        cluster
+    }
+
+    pub async fn start_node(&mut self) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = self.config.clone();
+        let handles = NodeHandles { faults: self.faults.clone() };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = ready_tx.send(());
+                let _ = stopped.await;
+            };
+            ledger_node::server::run(config, "node-0", handles, shutdown).await.expect("node runs");
+        });
+        ready_rx.await.expect("node started");
+        self.node = Some((task, stop));
+    }
+
+    pub async fn start_router(&mut self) {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = self.config.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.await;
+            };
+            ledger_router::run(config, shutdown).await.expect("router runs");
+        });
+        self.router = Some((task, stop));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = self.client.request("$SRV.PING.ledger", "".into());
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), reply).await {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the router did not answer $SRV.PING.ledger");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the node (its actors and subscriptions) as a crash would leave things.
+    pub async fn stop_node(&mut self) {
+        if let Some((task, stop)) = self.node.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+
+    pub async fn call_as(&self, tenant: Uuid, operation: &str, body: &Value) -> Reply {
+        self.raw(&format!("ledger.v1.{}.{operation}", tenant.hyphenated()), serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn call(&self, operation: &str, body: Value) -> Reply {
+        self.call_as(self.tenant, operation, &body).await
+    }
+
+    pub async fn raw(&self, subject: &str, payload: Vec<u8>) -> Reply {
+        let message = tokio::time::timeout(Duration::from_secs(20), self.client.request(subject.to_owned(), payload.into()))
+            .await
+            .expect("a reply within 20 s")
+            .expect("request delivered");
+        let body: Value = serde_json::from_slice(&message.payload).expect("replies are JSON");
+        let error_header = message.headers.as_ref().and_then(|h| {
+            let code = h.get("Nats-Service-Error")?.as_str().to_owned();
+            let status = h.get("Nats-Service-Error-Code")?.as_str().to_owned();
+            Some((code, status))
+        });
+        Reply { body, error_header }
+    }
+
+    pub async fn create_account(&self, code: &str, account_type: &str, currency: &str, allow_negative: bool) -> Value {
+        self.call(
+            "accounts.create",
+            json!({"code": code, "type": account_type, "currency": currency, "allow_negative": allow_negative}),
+        )
+        .await
+        .ok()
+    }
+
+    pub async fn transfer(&self, key: &str, from: &str, to: &str, amount_minor: i64, currency: &str) -> Reply {
+        self.call("transactions.post", transfer_body(key, from, to, amount_minor, currency)).await
+    }
+
+    pub async fn balance(&self, code: &str) -> i64 {
+        let account = self.call("accounts.get", json!({"account_code": code})).await.ok();
+        account["balance"]["balance_minor"].as_i64().expect("balance")
+    }
+
+    /// A full statement, following cursors.
+    pub async fn statement(&self, code: &str) -> Vec<Value> {
+        let mut entries = Vec::new();
+        let mut cursor = Value::Null;
+        loop {
+            let page = self
+                .call("accounts.statement", json!({"account_code": code, "limit": 1000, "cursor": cursor}))
+                .await
+                .ok();
+            entries.extend(page["entries"].as_array().expect("entries").iter().cloned());
+            cursor = page["next_cursor"].clone();
+            if cursor.is_null() {
+                return entries;
+            }
+        }
+    }
+
+    pub async fn db(&self, shard: usize) -> PgPool {
+        PgPoolOptions::new().max_connections(2).connect(&self.config.shards[shard].database_url).await.expect("connect shard db")
+    }
+
+    /// Counts of every table that a write can touch, over all shards: equal before and
+    /// after a refused request means nothing was written.
+    pub async fn footprint(&self) -> Vec<i64> {
+        let mut counts = Vec::new();
+        for shard in 0..self.config.shards.len() {
+            let db = self.db(shard).await;
+            for table in [
+                "ledger_account",
+                "ledger_transaction",
+                "ledger_entry",
+                "ledger_idempotency",
+                "ledger_external_ref",
+                "ledger_reversal",
+                "ledger_account_status_change",
+                "ledger_outbox",
+            ] {
+                let sql = format!("select count(*) from {table}");
+                counts.push(sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(&db).await.expect("count"));
+            }
+            let balances: i64 = sqlx::query_scalar("select coalesce(sum(version), 0)::int8 from account_balance")
+                .fetch_one(&db)
+                .await
+                .expect("versions");
+            counts.push(balances);
+            db.close().await;
+        }
+        counts
+    }
+
+    /// Stops everything and drops the test databases.
+    pub async fn finish(mut self) {
+        if let Some((task, stop)) = self.router.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+        self.stop_node().await;
+        let admin = PgPoolOptions::new().max_connections(1).connect(&format!("{}/postgres", pg_server_url())).await;
+        if let Ok(admin) = admin {
+            for shard in &self.config.shards {
+                let name = shard.database_url.rsplit('/').next().unwrap_or_default().to_owned();
+                let sql = format!("drop database if exists \"{name}\" with (force)");
+                let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+            }
+        }
+    }
+}
+
+pub fn transfer_body(key: &str, from: &str, to: &str, amount_minor: i64, currency: &str) -> Value {
+    json!({
+        "idempotency_key": key,
+        "type": "TRANSFER",
+        "actor": "test",
+        "entries": [
+            {"account_code": from, "side": "DEBIT", "amount_minor": amount_minor, "currency": currency},
+            {"account_code": to, "side": "CREDIT", "amount_minor": amount_minor, "currency": currency},
+        ],
+    })
+}

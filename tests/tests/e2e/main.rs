@@ -1,0 +1,10 @@
+//! End-to-end tests against real PostgreSQL and real NATS. One binary, so that the
+//! heavy dependency tree is linked once.
+
+mod concurrency;
+mod database;
+mod errors;
+mod idempotency;
+mod reversal;
+mod service;
+mod writer;

@@ -1,0 +1,77 @@
+//! The NATS service surface: micro discovery, topology, events.
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use ledger_tests::Cluster;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_ledger_service_answers_discovery_and_topology() {
+    let cluster = Cluster::start(2).await;
+    for subject in ["$SRV.PING.ledger", "$SRV.INFO.ledger", "$SRV.STATS.ledger"] {
+        let reply = cluster.client.request(subject, "".into()).await.expect(subject);
+        let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(body["name"], "ledger", "{subject}: {body}");
+    }
+    let topology = cluster.raw("ledger.v1.admin.topology", b"{}".to_vec()).await.ok();
+    assert_eq!(topology["shards"].as_array().unwrap().len(), 2);
+    assert_eq!(topology["ring"]["virtual_nodes_per_shard"], 128);
+    assert_eq!(topology["nodes"][0]["name"], "node-0");
+    cluster.raw("ledger.v1.admin.topology", b"{\"x\":1}".to_vec()).await.err("INVALID_REQUEST", 400);
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn accounts_spread_over_shards_and_cross_shard_posts_are_refused_for_now() {
+    let cluster = Cluster::start(2).await;
+    let ring = cluster.config.ring();
+    let codes: Vec<String> = (0..40).map(|i| format!("acct-{i}")).collect();
+    for code in &codes {
+        cluster.create_account(code, "LIABILITY", "IDR", true).await;
+    }
+    let shard_of = |code: &str| ring.shard_for_account(ledger_core::ids::account_id(cluster.tenant, code));
+    let same: Vec<&String> = codes.iter().filter(|c| shard_of(c) == shard_of(&codes[0])).collect();
+    let other = codes.iter().find(|c| shard_of(c) != shard_of(&codes[0])).expect("40 accounts use both shards");
+    let posted = cluster.transfer("same", same[0], same[1], 10, "IDR").await.ok();
+    let found = cluster.call("transactions.get", json!({"ledger_tx_id": posted["ledger_tx_id"]})).await.ok();
+    assert_eq!(found["entries"].as_array().unwrap().len(), 2);
+    cluster.call("transactions.get", json!({"idempotency_key": "same"})).await.ok();
+    let error = cluster.transfer("cross", same[0], other, 10, "IDR").await.err("INVALID_REQUEST", 400);
+    assert!(error["message"].as_str().unwrap().contains("different shards"));
+    for shard in 0..2 {
+        let db = cluster.db(shard).await;
+        let count: i64 = sqlx::query_scalar("select count(*) from ledger_account").fetch_one(&db).await.unwrap();
+        assert!(count > 0, "shard {shard} holds accounts");
+        db.close().await;
+    }
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn posted_transactions_reach_the_event_stream() {
+    let cluster = Cluster::start(1).await;
+    cluster.create_account("cash", "ASSET", "IDR", false).await;
+    cluster.create_account("alice", "LIABILITY", "IDR", false).await;
+    let posted = cluster.transfer("ev-1", "cash", "alice", 42, "IDR").await.ok();
+    let js = jetstream::new(cluster.client.clone());
+    let stream = js.get_stream("LEDGER_EVENTS").await.expect("stream exists");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: format!("ledger.v1.events.{}.transaction.posted", cluster.tenant),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let message = tokio::time::timeout(std::time::Duration::from_secs(10), messages.next())
+        .await
+        .expect("event within 10 s")
+        .unwrap()
+        .unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(event["ledger_tx_id"], posted["ledger_tx_id"]);
+    assert_eq!(event["entries"][1]["amount_minor"], 42);
+    let msg_id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
+    assert_eq!(msg_id.as_deref(), event["event_id"].as_str());
+    cluster.finish().await;
+}
