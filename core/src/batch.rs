@@ -626,3 +626,345 @@ impl<I: IdSource> Planner<'_, I> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{PostCommand, ReverseCommand, SetStatusCommand};
+    use crate::ids::SequentialIds;
+    use crate::money::{AccountType, balance_from_totals, signed_delta};
+    use proptest::prelude::*;
+
+    const TENANT: Uuid = Uuid::from_u128(0xabc);
+
+    fn at(second: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_790_000_000 + second, 0).unwrap()
+    }
+
+    fn create(code: &str, account_type: AccountType, currency: &str, allow_negative: bool) -> Command {
+        Command::CreateAccount(CreateAccountCommand {
+            tenant_id: TENANT,
+            account_id: crate::ids::account_id(TENANT, code),
+            code: code.into(),
+            account_type,
+            currency: Currency::parse(currency).unwrap(),
+            allow_negative,
+            metadata: json!({}),
+        })
+    }
+
+    fn post(key: &str, legs: &[(&str, Side, i64)], currency: &str) -> Command {
+        let entries = legs
+            .iter()
+            .map(|(code, side, amount)| EntryCommand {
+                account_id: crate::ids::account_id(TENANT, code),
+                side: *side,
+                amount_minor: *amount,
+                currency: Currency::parse(currency).unwrap(),
+            })
+            .collect();
+        let mut command = PostCommand {
+            tenant_id: TENANT,
+            idempotency_key: key.into(),
+            fingerprint: String::new(),
+            tx_type: "TRANSFER".into(),
+            entries,
+            external_ref: None,
+            business_ref: None,
+            occurred_at: None,
+            actor: "test".into(),
+            reason_code: None,
+            metadata: json!({}),
+        };
+        command.fingerprint = crate::fingerprint::fingerprint("transactions.post", &command);
+        Command::Post(command)
+    }
+
+    fn transfer(key: &str, from: &str, to: &str, amount: i64) -> Command {
+        post(key, &[(from, Side::Debit, amount), (to, Side::Credit, amount)], "IDR")
+    }
+
+    fn reverse(key: &str, ledger_tx_id: Uuid) -> Command {
+        Command::Reverse(ReverseCommand {
+            tenant_id: TENANT,
+            idempotency_key: key.into(),
+            fingerprint: format!("reverse-{key}-{ledger_tx_id}"),
+            ledger_tx_id,
+            actor: "ops".into(),
+            reason_code: "X".into(),
+        })
+    }
+
+    fn status(code: &str, status: AccountStatus) -> Command {
+        Command::SetStatus(SetStatusCommand {
+            tenant_id: TENANT,
+            account_id: crate::ids::account_id(TENANT, code),
+            status,
+            actor: "ops".into(),
+            reason_code: None,
+        })
+    }
+
+    /// A shard in memory: applies plans the way the shell commits them.
+    struct Shard {
+        snapshot: Snapshot,
+        next_commit_seq: i64,
+        ids: SequentialIds,
+        clock: i64,
+        entries: Vec<EntryRow>,
+        transactions: Vec<TxRow>,
+    }
+
+    impl Shard {
+        fn new() -> Shard {
+            Shard { snapshot: Snapshot::default(), next_commit_seq: 1, ids: SequentialIds::default(), clock: 0, entries: vec![], transactions: vec![] }
+        }
+
+        fn run(&mut self, commands: &[Command]) -> Vec<Outcome> {
+            self.clock += 1;
+            let input = BatchInput { shard_id: 3, now: at(self.clock), next_commit_seq: self.next_commit_seq };
+            let plan = plan_batch(input, &mut self.snapshot, commands, &mut self.ids);
+            self.next_commit_seq = plan.next_commit_seq;
+            self.entries.extend(plan.writes.entries.iter().cloned());
+            self.transactions.extend(plan.writes.transactions.iter().cloned());
+            plan.outcomes
+        }
+
+        fn balance(&self, code: &str) -> i64 {
+            self.snapshot.accounts[&crate::ids::account_id(TENANT, code)].balance_minor
+        }
+    }
+
+    fn code_of(outcome: &Outcome) -> &'static str {
+        match outcome {
+            Outcome::Posted(_) => "POSTED",
+            Outcome::Replay { .. } => "REPLAY",
+            Outcome::ReplayRejection { .. } => "REPLAY_REJECTION",
+            Outcome::Rejected(r) => r.code(),
+            Outcome::Account { .. } => "ACCOUNT",
+        }
+    }
+
+    fn setup() -> Shard {
+        let mut shard = Shard::new();
+        shard.run(&[
+            create("cash", AccountType::Asset, "IDR", false),
+            create("alice", AccountType::Liability, "IDR", false),
+            create("bob", AccountType::Liability, "IDR", false),
+            create("usd", AccountType::Liability, "USD", false),
+            create("credit", AccountType::Liability, "IDR", true),
+        ]);
+        shard
+    }
+
+    #[test]
+    fn a_batch_posts_exactly_the_commands_that_pass() {
+        let mut shard = setup();
+        let outcomes = shard.run(&[
+            transfer("ok-1", "credit", "alice", 100),
+            transfer("short", "alice", "bob", 101),
+            transfer("ok-2", "alice", "bob", 60),
+            transfer("ghost", "alice", "nobody", 1),
+            post("mismatch", &[("alice", Side::Debit, 1), ("usd", Side::Credit, 1)], "IDR"),
+            transfer("ok-3", "alice", "bob", 40),
+            transfer("ok-1", "credit", "alice", 100),
+            transfer("ok-1", "credit", "alice", 999),
+            transfer("short", "alice", "bob", 101),
+            transfer("empty", "alice", "bob", 1),
+        ]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(
+            codes,
+            [
+                "POSTED",
+                "INSUFFICIENT_FUNDS",
+                "POSTED",
+                "ACCOUNT_NOT_FOUND",
+                "CURRENCY_MISMATCH",
+                "POSTED",
+                "REPLAY",
+                "IDEMPOTENCY_CONFLICT",
+                "REPLAY_REJECTION",
+                "INSUFFICIENT_FUNDS",
+            ]
+        );
+        assert_eq!(shard.transactions.len(), 3);
+        assert_eq!(shard.balance("alice"), 0);
+        assert_eq!(shard.balance("bob"), 100);
+        assert_eq!(shard.balance("credit"), -100);
+        let seqs: Vec<i64> = shard.transactions.iter().map(|t| t.commit_seq).collect();
+        assert_eq!(seqs, [1, 2, 3], "gap-free even with refusals in between");
+    }
+
+    #[test]
+    fn status_rules_in_precedence_order() {
+        let mut shard = setup();
+        shard.run(&[transfer("fund", "credit", "alice", 50)]);
+        let outcomes = shard.run(&[
+            status("alice", AccountStatus::Frozen),
+            transfer("out", "alice", "bob", 1),
+            transfer("in", "credit", "alice", 1),
+            status("alice", AccountStatus::Closed),
+            status("bob", AccountStatus::Closed),
+            transfer("to-closed", "credit", "bob", 1),
+            status("bob", AccountStatus::Active),
+            status("bob", AccountStatus::Closed),
+            status("ghost", AccountStatus::Frozen),
+        ]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(
+            codes,
+            [
+                "ACCOUNT",
+                "ACCOUNT_FROZEN",
+                "POSTED",
+                "ACCOUNT_BALANCE_NONZERO",
+                "ACCOUNT",
+                "ACCOUNT_CLOSED",
+                "ACCOUNT_CLOSED",
+                "ACCOUNT",
+                "ACCOUNT_NOT_FOUND",
+            ]
+        );
+    }
+
+    #[test]
+    fn reversal_mirrors_and_happens_once_even_within_one_batch() {
+        let mut shard = setup();
+        let outcomes = shard.run(&[transfer("fund", "credit", "alice", 70)]);
+        let Outcome::Posted(original) = &outcomes[0] else { panic!("posted") };
+        let outcomes = shard.run(&[
+            status("alice", AccountStatus::Frozen),
+            reverse("r1", original.ledger_tx_id),
+            reverse("r2", original.ledger_tx_id),
+            reverse("r1", original.ledger_tx_id),
+        ]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(codes, ["ACCOUNT", "POSTED", "ALREADY_REVERSED", "REPLAY"]);
+        let Outcome::Posted(reversal) = &outcomes[1] else { panic!("posted") };
+        for (o, r) in original.entries.iter().zip(&reversal.entries) {
+            assert_eq!((o.account_id, o.side.opposite(), o.amount_minor), (r.account_id, r.side, r.amount_minor));
+        }
+        assert_eq!(shard.balance("alice"), 0);
+        assert_eq!(shard.balance("credit"), 0);
+        let outcomes = shard.run(&[reverse("r3", reversal.ledger_tx_id), reverse("r4", Uuid::from_u128(9))]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(codes, ["INVALID_REQUEST", "TRANSACTION_NOT_FOUND"]);
+    }
+
+    #[test]
+    fn planning_is_deterministic() {
+        let commands = [transfer("a", "credit", "alice", 5), transfer("b", "alice", "bob", 3), transfer("c", "alice", "bob", 3)];
+        let mut first = setup();
+        let mut second = setup();
+        assert_eq!(first.run(&commands), second.run(&commands));
+        assert_eq!(first.entries, second.entries);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Transfer { from: usize, to: usize, amount: i64 },
+        Split { from: usize, to: [usize; 2], amounts: [i64; 2] },
+        Reverse { pick: usize },
+        Freeze { account: usize, frozen: bool },
+        Retry { pick: usize },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0..6usize, 0..6usize, 1..500i64).prop_map(|(from, to, amount)| Step::Transfer { from, to, amount }),
+            2 => (0..6usize, 0..6usize, 0..6usize, 1..300i64, 1..300i64)
+                .prop_map(|(from, a, b, x, y)| Step::Split { from, to: [a, b], amounts: [x, y] }),
+            2 => (0..1000usize).prop_map(|pick| Step::Reverse { pick }),
+            1 => (0..6usize, any::<bool>()).prop_map(|(account, frozen)| Step::Freeze { account, frozen }),
+            1 => (0..1000usize).prop_map(|pick| Step::Retry { pick }),
+        ]
+    }
+
+    const ACCOUNTS: [(&str, AccountType, bool); 6] = [
+        ("source", AccountType::Equity, true),
+        ("w1", AccountType::Liability, false),
+        ("w2", AccountType::Liability, false),
+        ("bank", AccountType::Asset, false),
+        ("fees", AccountType::Revenue, false),
+        ("overdraft", AccountType::Liability, true),
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_histories_keep_every_invariant(steps in proptest::collection::vec(step(), 1..120), batch in 1..12usize) {
+            let mut shard = Shard::new();
+            shard.run(&ACCOUNTS.iter().map(|(c, t, n)| create(c, *t, "IDR", *n)).collect::<Vec<_>>());
+            let mut sent: Vec<Command> = Vec::new();
+            let mut posted: Vec<Uuid> = Vec::new();
+            let mut commands = Vec::new();
+            for (i, step) in steps.iter().enumerate() {
+                let command = match step {
+                    Step::Transfer { from, to, amount } => transfer(&format!("k{i}"), ACCOUNTS[*from].0, ACCOUNTS[*to].0, *amount),
+                    Step::Split { from, to, amounts } => post(
+                        &format!("k{i}"),
+                        &[(ACCOUNTS[*from].0, Side::Debit, amounts[0] + amounts[1]),
+                          (ACCOUNTS[to[0]].0, Side::Credit, amounts[0]),
+                          (ACCOUNTS[to[1]].0, Side::Credit, amounts[1])],
+                        "IDR",
+                    ),
+                    Step::Reverse { pick } if !posted.is_empty() => reverse(&format!("k{i}"), posted[pick % posted.len()]),
+                    Step::Retry { pick } if !sent.is_empty() => sent[pick % sent.len()].clone(),
+                    Step::Freeze { account, frozen } => status(ACCOUNTS[*account].0, if *frozen { AccountStatus::Frozen } else { AccountStatus::Active }),
+                    _ => continue,
+                };
+                // stateless checks happen before a command reaches a shard
+                if let Command::Post(p) = &command {
+                    if crate::validate::entries(&p.entries).is_err() { continue; }
+                }
+                sent.push(command.clone());
+                commands.push(command);
+                if commands.len() == batch {
+                    for outcome in shard.run(&commands) {
+                        if let Outcome::Posted(p) = outcome { posted.push(p.ledger_tx_id); }
+                    }
+                    commands.clear();
+                }
+            }
+            for outcome in shard.run(&commands) {
+                if let Outcome::Posted(p) = outcome { posted.push(p.ledger_tx_id); }
+            }
+
+            // every key posted at most once
+            let mut keys = std::collections::HashSet::new();
+            for tx in &shard.transactions {
+                prop_assert!(keys.insert(tx.idempotency_key.clone()), "key {} posted twice", tx.idempotency_key);
+            }
+            // each transaction balances; totals balance
+            let mut per_tx: HashMap<Uuid, i128> = HashMap::new();
+            let (mut debits, mut credits) = (0i128, 0i128);
+            for e in &shard.entries {
+                let signed = if e.side == Side::Debit { e.amount_minor as i128 } else { -(e.amount_minor as i128) };
+                *per_tx.entry(e.ledger_tx_id).or_default() += signed;
+                if e.side == Side::Debit { debits += e.amount_minor as i128 } else { credits += e.amount_minor as i128 }
+            }
+            prop_assert!(per_tx.values().all(|sum| *sum == 0), "every transaction balances");
+            prop_assert_eq!(debits, credits);
+            // balance = sum of entries, balance_after walks, never negative where not allowed
+            for (code, account_type, allow_negative) in ACCOUNTS {
+                let id = crate::ids::account_id(TENANT, code);
+                let state = &shard.snapshot.accounts[&id];
+                let mut running = 0i64;
+                let mut count = 0;
+                for e in shard.entries.iter().filter(|e| e.account_id == id) {
+                    running += signed_delta(account_type, e.side, e.amount_minor);
+                    count += 1;
+                    prop_assert_eq!(e.balance_after_minor, running);
+                    if !allow_negative { prop_assert!(running >= 0, "{} went to {}", code, running); }
+                }
+                prop_assert_eq!(state.balance_minor, running);
+                prop_assert_eq!(state.version, count);
+                prop_assert_eq!(balance_from_totals(account_type, state.debits_minor as i128, state.credits_minor as i128), running as i128);
+            }
+            let seqs: Vec<i64> = shard.transactions.iter().map(|t| t.commit_seq).collect();
+            prop_assert_eq!(seqs, (1..=shard.transactions.len() as i64).collect::<Vec<_>>());
+        }
+    }
+}
