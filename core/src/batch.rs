@@ -88,12 +88,19 @@ pub struct PostedTx {
 pub enum Outcome {
     Posted(PostedTx),
     /// The key already posted this transaction: reply with it, marked replayed.
-    Replay { ledger_tx_id: Uuid },
+    Replay {
+        ledger_tx_id: Uuid,
+    },
     /// The key already got this business rejection: reply with it again.
-    ReplayRejection { status: u16, body: Value },
+    ReplayRejection {
+        status: u16,
+        body: Value,
+    },
     Rejected(Rejection),
     /// The account exists now (created by this batch, or before with the same attributes).
-    Account { account_id: Uuid },
+    Account {
+        account_id: Uuid,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -426,11 +433,11 @@ impl<I: IdSource> Planner<'_, I> {
                 });
             }
         }
-        if let Some(external_ref) = &command.external_ref {
-            if let Some(owner) = self.snapshot.external_refs.get(&(tenant_id, external_ref.clone())) {
-                let rejection = Rejection::DuplicateExternalRef { ledger_tx_id: *owner };
-                return self.refuse(tenant_id, key, fingerprint, rejection);
-            }
+        if let Some(external_ref) = &command.external_ref
+            && let Some(owner) = self.snapshot.external_refs.get(&(tenant_id, external_ref.clone()))
+        {
+            let rejection = Rejection::DuplicateExternalRef { ledger_tx_id: *owner };
+            return self.refuse(tenant_id, key, fingerprint, rejection);
         }
         let effects = match self.effects(tenant_id, &command.entries, true) {
             Ok(effects) => effects,
@@ -611,7 +618,14 @@ impl<I: IdSource> Planner<'_, I> {
         Outcome::Posted(PostedTx { ledger_tx_id, posted_at: now, entries: posted_entries })
     }
 
-    fn event(&mut self, tenant_id: Uuid, aggregate_type: &'static str, aggregate_id: Uuid, event_type: &'static str, mut payload: Value) {
+    fn event(
+        &mut self,
+        tenant_id: Uuid,
+        aggregate_type: &'static str,
+        aggregate_id: Uuid,
+        event_type: &'static str,
+        mut payload: Value,
+    ) {
         let event_id = self.ids.ledger_id(self.now(), self.input.shard_id);
         payload["event_id"] = json!(event_id);
         payload["event_type"] = json!(event_type);
@@ -717,7 +731,14 @@ mod tests {
 
     impl Shard {
         fn new() -> Shard {
-            Shard { snapshot: Snapshot::default(), next_commit_seq: 1, ids: SequentialIds::default(), clock: 0, entries: vec![], transactions: vec![] }
+            Shard {
+                snapshot: Snapshot::default(),
+                next_commit_seq: 1,
+                ids: SequentialIds::default(),
+                clock: 0,
+                entries: vec![],
+                transactions: vec![],
+            }
         }
 
         fn run(&mut self, commands: &[Command]) -> Vec<Outcome> {
@@ -916,8 +937,10 @@ mod tests {
                     _ => continue,
                 };
                 // stateless checks happen before a command reaches a shard
-                if let Command::Post(p) = &command {
-                    if crate::validate::entries(&p.entries).is_err() { continue; }
+                if let Command::Post(p) = &command
+                    && crate::validate::entries(&p.entries).is_err()
+                {
+                    continue;
                 }
                 sent.push(command.clone());
                 commands.push(command);

@@ -45,13 +45,8 @@ pub enum AccountType {
 }
 
 impl AccountType {
-    pub const ALL: [AccountType; 5] = [
-        AccountType::Asset,
-        AccountType::Expense,
-        AccountType::Liability,
-        AccountType::Equity,
-        AccountType::Revenue,
-    ];
+    pub const ALL: [AccountType; 5] =
+        [AccountType::Asset, AccountType::Expense, AccountType::Liability, AccountType::Equity, AccountType::Revenue];
 
     /// The side on which entries increase this account's balance.
     pub fn normal_side(self) -> Side {
@@ -79,11 +74,7 @@ impl AccountType {
 /// The change an entry makes to the balance of an account of type `account_type`.
 pub fn signed_delta(account_type: AccountType, side: Side, amount_minor: i64) -> i64 {
     debug_assert!(amount_minor > 0);
-    if side == account_type.normal_side() {
-        amount_minor
-    } else {
-        -amount_minor
-    }
+    if side == account_type.normal_side() { amount_minor } else { -amount_minor }
 }
 
 /// Balance from debit and credit totals, in i128 so that it cannot overflow.

@@ -85,8 +85,7 @@ impl Rejection {
     /// retry (PROTOCOL.md section 5): business rejections with status 409 or 422, except
     /// the two that concern the key itself.
     pub fn is_stored_under_key(&self) -> bool {
-        matches!(self.status(), 409 | 422)
-            && !matches!(self, Rejection::IdempotencyConflict | Rejection::InProgress)
+        matches!(self.status(), 409 | 422) && !matches!(self, Rejection::IdempotencyConflict | Rejection::InProgress)
     }
 
     pub fn message(&self) -> String {
@@ -106,12 +105,8 @@ impl Rejection {
             Rejection::AccountNotFound { .. } => "account not found".into(),
             Rejection::TransactionNotFound => "transaction not found".into(),
             Rejection::AccountExists { .. } => "an account with this code exists with different attributes".into(),
-            Rejection::IdempotencyConflict => {
-                "the idempotency key was already used with a different request".into()
-            }
-            Rejection::DuplicateExternalRef { .. } => {
-                "the external reference is already used by another transaction".into()
-            }
+            Rejection::IdempotencyConflict => "the idempotency key was already used with a different request".into(),
+            Rejection::DuplicateExternalRef { .. } => "the external reference is already used by another transaction".into(),
             Rejection::AlreadyReversed { .. } => "the transaction has already been reversed".into(),
             Rejection::InProgress => "a request with this idempotency key is still being processed; retry later".into(),
             Rejection::TooLarge { limit_bytes } => format!("request body is larger than {limit_bytes} bytes"),
@@ -151,8 +146,9 @@ impl Rejection {
                 "balance_minor": balance_minor,
                 "required_minor": required_minor,
             }),
-            Rejection::AccountFrozen { account_id }
-            | Rejection::AccountClosed { account_id } => json!({ "account_id": account_id }),
+            Rejection::AccountFrozen { account_id } | Rejection::AccountClosed { account_id } => {
+                json!({ "account_id": account_id })
+            }
             Rejection::AccountBalanceNonzero { account_id, balance_minor } => {
                 json!({ "account_id": account_id, "balance_minor": balance_minor })
             }

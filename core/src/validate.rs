@@ -3,8 +3,8 @@
 
 use crate::command::EntryCommand;
 use crate::currency::Currency;
-use crate::rejection::Rejection;
 use crate::money::Side;
+use crate::rejection::Rejection;
 use std::collections::{BTreeMap, HashSet};
 
 pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
@@ -112,11 +112,7 @@ pub fn entries(entries: &[EntryCommand]) -> Result<(), Rejection> {
     }
     for (currency, (debits, credits)) in &sums {
         if debits != credits {
-            return Err(Rejection::Unbalanced {
-                currency: currency.to_string(),
-                debits_minor: *debits,
-                credits_minor: *credits,
-            });
+            return Err(Rejection::Unbalanced { currency: currency.to_string(), debits_minor: *debits, credits_minor: *credits });
         }
     }
     let mut seen = HashSet::with_capacity(entries.len());
@@ -134,12 +130,7 @@ mod tests {
     use uuid::Uuid;
 
     fn entry(account: u128, side: Side, amount_minor: i64, currency: &str) -> EntryCommand {
-        EntryCommand {
-            account_id: Uuid::from_u128(account),
-            side,
-            amount_minor,
-            currency: Currency::parse(currency).unwrap(),
-        }
+        EntryCommand { account_id: Uuid::from_u128(account), side, amount_minor, currency: Currency::parse(currency).unwrap() }
     }
 
     #[test]
@@ -158,7 +149,12 @@ mod tests {
             (vec![entry(1, Debit, 5, "IDR"), entry(2, Credit, 5, "USD")], Some("UNBALANCED")),
             (vec![entry(1, Debit, 5, "IDR"), entry(1, Credit, 5, "IDR")], Some("DUPLICATE_ACCOUNT")),
             (
-                vec![entry(1, Debit, 5, "IDR"), entry(2, Credit, 5, "IDR"), entry(3, Debit, 7, "USD"), entry(4, Credit, 7, "USD")],
+                vec![
+                    entry(1, Debit, 5, "IDR"),
+                    entry(2, Credit, 5, "IDR"),
+                    entry(3, Debit, 7, "USD"),
+                    entry(4, Credit, 7, "USD"),
+                ],
                 None,
             ),
         ];
@@ -166,7 +162,8 @@ mod tests {
             let got = super::entries(&input).err().map(|r| r.code());
             assert_eq!(got, expected, "{input:?}");
         }
-        let too_many: Vec<_> = (0..129).map(|i| entry(i, if i % 2 == 0 { Side::Debit } else { Side::Credit }, 1, "IDR")).collect();
+        let too_many: Vec<_> =
+            (0..129).map(|i| entry(i, if i % 2 == 0 { Side::Debit } else { Side::Credit }, 1, "IDR")).collect();
         assert_eq!(super::entries(&too_many).unwrap_err().code(), "INVALID_REQUEST");
     }
 

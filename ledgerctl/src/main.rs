@@ -148,13 +148,27 @@ impl Client {
 
 fn money(amount_minor: i64, currency: &str) -> String {
     let units = Currency::parse(currency).map_or(0, |c| c.minor_units()) as u32;
-    if units == 0 {
-        return format!("{amount_minor} {currency}");
-    }
-    let scale = 10i128.pow(units);
     let value = amount_minor as i128;
     let sign = if value < 0 { "-" } else { "" };
-    format!("{sign}{}.{:0width$} {currency}", value.abs() / scale, value.abs() % scale, width = units as usize)
+    let scale = 10i128.pow(units);
+    let whole = grouped(value.abs() / scale);
+    if units == 0 {
+        return format!("{sign}{whole} {currency}");
+    }
+    format!("{sign}{whole}.{:0width$} {currency}", value.abs() % scale, width = units as usize)
+}
+
+/// 1234567 -> "1,234,567"
+fn grouped(value: i128) -> String {
+    let digits = value.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) {
@@ -186,7 +200,13 @@ fn s(value: &Value) -> String {
 fn print_account(a: &Value) {
     let currency = s(&a["currency"]);
     println!("account {} ({})", s(&a["code"]), s(&a["account_id"]));
-    println!("  type {}  currency {}  status {}  allow_negative {}", s(&a["type"]), currency, s(&a["status"]), a["allow_negative"]);
+    println!(
+        "  type {}  currency {}  status {}  allow_negative {}",
+        s(&a["type"]),
+        currency,
+        s(&a["status"]),
+        a["allow_negative"]
+    );
     let b = &a["balance"];
     println!(
         "  balance {}  (debits {}, credits {}, {} entries)",
@@ -292,7 +312,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             json!({"account_code": code, "status": status, "actor": actor, "reason_code": reason}),
             print_account,
         ),
-        Cmd::Transfer { from, to, amount_minor, currency, key, tx_type, actor, external_ref, external_ref_type, business_ref } => {
+        Cmd::Transfer {
+            from,
+            to,
+            amount_minor,
+            currency,
+            key,
+            tx_type,
+            actor,
+            external_ref,
+            external_ref_type,
+            business_ref,
+        } => {
             let mut body = json!({
                 "idempotency_key": key, "type": tx_type, "actor": actor,
                 "entries": [
@@ -322,11 +353,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             json!({"idempotency_key": key, "ledger_tx_id": ledger_tx_id, "actor": actor, "reason_code": reason}),
             print_posted,
         ),
-        Cmd::Statement { code, limit, from, to } => (
-            "accounts.statement",
-            json!({"account_code": code, "limit": limit, "from": from, "to": to}),
-            print_statement,
-        ),
+        Cmd::Statement { code, limit, from, to } => {
+            ("accounts.statement", json!({"account_code": code, "limit": limit, "from": from, "to": to}), print_statement)
+        }
         Cmd::Topology => ("admin.topology", json!({}), |v| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())),
         Cmd::Raw { operation, body } => {
             let body: Value = serde_json::from_str(&body).context("the body must be JSON")?;
@@ -359,5 +388,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             eprintln!("refused: {}: {}", refused.code, refused.message);
             Ok(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn money_is_shown_in_major_units_with_grouping() {
+        assert_eq!(super::money(50_000_000, "IDR"), "500,000.00 IDR");
+        assert_eq!(super::money(-5, "USD"), "-0.05 USD");
+        assert_eq!(super::money(1_234_567, "JPY"), "1,234,567 JPY");
+        assert_eq!(super::money(1_001, "KWD"), "1.001 KWD");
     }
 }

@@ -107,9 +107,7 @@ impl ClusterConfig {
     pub fn parse(text: &str, path: &str) -> Result<ClusterConfig, ConfigError> {
         let config: ClusterConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
-        config
-            .check()
-            .map_err(|(key, problem)| ConfigError::Invalid { path: path.to_owned(), key, problem })?;
+        config.check().map_err(|(key, problem)| ConfigError::Invalid { path: path.to_owned(), key, problem })?;
         Ok(config)
     }
 

@@ -67,11 +67,9 @@ async fn relay_once(js: &jetstream::Context, pool: &PgPool) -> anyhow::Result<us
     for ack in acks {
         ack.await.map_err(|e| anyhow::anyhow!("publish ack: {e}"))?;
     }
-    sqlx::query(
-        "update ledger_outbox set published_at = now(), attempt_count = attempt_count + 1 where outbox_id = any($1)",
-    )
-    .bind(&ids)
-    .execute(pool)
-    .await?;
+    sqlx::query("update ledger_outbox set published_at = now(), attempt_count = attempt_count + 1 where outbox_id = any($1)")
+        .bind(&ids)
+        .execute(pool)
+        .await?;
     Ok(ids.len())
 }

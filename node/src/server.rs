@@ -92,7 +92,12 @@ async fn start_shard(config: &ClusterConfig, shard: &ShardConfig, faults: Arc<Fa
 }
 
 /// Runs node `node_name` of `config` until `shutdown` resolves.
-pub async fn run(config: ClusterConfig, node_name: &str, handles: NodeHandles, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: ClusterConfig,
+    node_name: &str,
+    handles: NodeHandles,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let node = config.node(node_name).with_context(|| format!("no node named {node_name:?} in the cluster config"))?.clone();
     let client = async_nats::ConnectOptions::new()
         .name(format!("ledger-node {node_name}"))
@@ -185,11 +190,17 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
     }
 }
 
-async fn get_transaction(runtime: &ShardRuntime, tenant_id: Uuid, by: TransactionLookup) -> Result<ShardReply, store::StoreError> {
+async fn get_transaction(
+    runtime: &ShardRuntime,
+    tenant_id: Uuid,
+    by: TransactionLookup,
+) -> Result<ShardReply, store::StoreError> {
     let id = match by {
         TransactionLookup::Id(id) => Some(id),
         TransactionLookup::IdempotencyKey(key) => store::tx_id_by_key(&runtime.pool, tenant_id, &key).await?,
-        TransactionLookup::ExternalRef(external_ref) => store::tx_id_by_external_ref(&runtime.pool, tenant_id, &external_ref).await?,
+        TransactionLookup::ExternalRef(external_ref) => {
+            store::tx_id_by_external_ref(&runtime.pool, tenant_id, &external_ref).await?
+        }
     };
     let mut conn = runtime.pool.acquire().await?;
     let found = match id {

@@ -118,7 +118,12 @@ impl Actor for ShardActor {
         Ok(())
     }
 
-    async fn handle(&self, myself: ActorRef<ShardMsg>, message: ShardMsg, state: &mut ShardState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<ShardMsg>,
+        message: ShardMsg,
+        state: &mut ShardState,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             ShardMsg::Write(command, reply) => {
                 state.pending.push((*command, reply));
@@ -166,19 +171,15 @@ impl ShardState {
     /// After a failed batch nothing in memory may be trusted to match the database.
     async fn recover(&mut self) -> Result<(), ActorProcessingErr> {
         self.cache.clear();
-        let healthy = match self.writer.as_mut() {
-            Some(conn) => conn.ping().await.is_ok(),
-            None => false,
-        };
-        if healthy {
-            if let Some(conn) = self.writer.as_mut() {
-                match store::watermark(conn).await {
-                    Ok(watermark) => {
-                        self.watermark = watermark;
-                        return Ok(());
-                    }
-                    Err(error) => warn!(shard_id = self.shard_id, %error, "cannot read the watermark"),
+        if let Some(conn) = self.writer.as_mut()
+            && conn.ping().await.is_ok()
+        {
+            match store::watermark(conn).await {
+                Ok(watermark) => {
+                    self.watermark = watermark;
+                    return Ok(());
                 }
+                Err(error) => warn!(shard_id = self.shard_id, %error, "cannot read the watermark"),
             }
         }
         self.writer = None;
@@ -211,10 +212,8 @@ impl ShardState {
         let conn = self.writer.as_mut().expect("opened above");
         let mut snapshot = Snapshot::default();
 
-        let reversal_targets: Vec<Uuid> = commands
-            .iter()
-            .filter_map(|c| if let Command::Reverse(r) = c { Some(r.ledger_tx_id) } else { None })
-            .collect();
+        let reversal_targets: Vec<Uuid> =
+            commands.iter().filter_map(|c| if let Command::Reverse(r) = c { Some(r.ledger_tx_id) } else { None }).collect();
         if !reversal_targets.is_empty() {
             snapshot.originals = store::load_originals(conn, &reversal_targets).await?;
         }

@@ -12,8 +12,10 @@ use ledger_core::command::{EntryCommand, ExternalRef};
 use ledger_core::currency::Currency;
 use ledger_core::fingerprint::attributes_digest;
 use ledger_core::money::{AccountType, Side};
-use ledger_protocol::reply::{AccountObject, BalanceObject, EntryReply, PostReply, StatementEntry, StatementReply, TransactionObject};
 use ledger_protocol::internal::StatementQuery;
+use ledger_protocol::reply::{
+    AccountObject, BalanceObject, EntryReply, PostReply, StatementEntry, StatementReply, TransactionObject,
+};
 use ledger_protocol::request::statement_cursor;
 use serde_json::Value;
 use sqlx::postgres::{PgConnection, PgRow};
@@ -143,7 +145,9 @@ pub async fn load_keys(
         let status: String = row.try_get("status")?;
         let outcome = match status.as_str() {
             "SUCCEEDED" => KeyOutcome::Posted {
-                ledger_tx_id: row.try_get::<Option<Uuid>, _>("ledger_tx_id")?.ok_or_else(|| corrupt("key without tx", &status))?,
+                ledger_tx_id: row
+                    .try_get::<Option<Uuid>, _>("ledger_tx_id")?
+                    .ok_or_else(|| corrupt("key without tx", &status))?,
             },
             "FAILED_FINAL" => KeyOutcome::Rejected {
                 status: row.try_get::<Option<i32>, _>("response_code")?.unwrap_or(500) as u16,
@@ -460,8 +464,11 @@ async fn insert_keys(conn: &mut PgConnection, writes: &Writes) -> Result<(), Sto
 }
 
 async fn update_balances(conn: &mut PgConnection, writes: &Writes, snapshot: &Snapshot) -> Result<(), StoreError> {
-    let states: Vec<&AccountState> =
-        writes.touched_accounts.iter().map(|id| snapshot.accounts.get(id).expect("touched accounts are in the snapshot")).collect();
+    let states: Vec<&AccountState> = writes
+        .touched_accounts
+        .iter()
+        .map(|id| snapshot.accounts.get(id).expect("touched accounts are in the snapshot"))
+        .collect();
     let now = writes.transactions.first().map(|t| t.posted_at).or_else(|| writes.status_changes.first().map(|c| c.changed_at));
     sqlx::query(
         "update account_balance b
@@ -485,7 +492,11 @@ async fn update_balances(conn: &mut PgConnection, writes: &Writes, snapshot: &Sn
 
 // ---- reads -------------------------------------------------------------------------
 
-pub async fn account_object(conn: impl PgExecutor<'_>, tenant_id: Uuid, account_id: Uuid) -> Result<Option<AccountObject>, StoreError> {
+pub async fn account_object(
+    conn: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    account_id: Uuid,
+) -> Result<Option<AccountObject>, StoreError> {
     let row = sqlx::query(
         "select a.account_id, a.tenant_id, a.account_code, a.account_type, a.currency_code, a.status, a.allow_negative,
                 a.metadata, a.created_at, a.closed_at,
@@ -625,7 +636,11 @@ pub async fn tx_id_by_key(conn: impl PgExecutor<'_>, tenant_id: Uuid, key: &str)
     .await?)
 }
 
-pub async fn tx_id_by_external_ref(conn: impl PgExecutor<'_>, tenant_id: Uuid, external_ref: &ExternalRef) -> Result<Option<Uuid>, StoreError> {
+pub async fn tx_id_by_external_ref(
+    conn: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    external_ref: &ExternalRef,
+) -> Result<Option<Uuid>, StoreError> {
     Ok(sqlx::query_scalar(
         "select ledger_tx_id from ledger_external_ref where tenant_id = $1 and external_ref_type = $2 and external_ref = $3",
     )

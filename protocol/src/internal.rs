@@ -10,10 +10,21 @@ use uuid::Uuid;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ShardRequest {
     /// A write, decided and committed by the shard's single writer.
-    Write { command: Command },
-    GetAccount { tenant_id: Uuid, account_id: Uuid },
-    Statement { tenant_id: Uuid, query: StatementQuery },
-    GetTransaction { tenant_id: Uuid, by: TransactionLookup },
+    Write {
+        command: Command,
+    },
+    GetAccount {
+        tenant_id: Uuid,
+        account_id: Uuid,
+    },
+    Statement {
+        tenant_id: Uuid,
+        query: StatementQuery,
+    },
+    GetTransaction {
+        tenant_id: Uuid,
+        by: TransactionLookup,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,10 +62,7 @@ impl ShardReply {
     }
 
     pub fn error(status: u16, code: &str, message: &str) -> ShardReply {
-        ShardReply {
-            status,
-            body: serde_json::json!({"error": {"code": code, "message": message, "details": {}}}),
-        }
+        ShardReply { status, body: serde_json::json!({"error": {"code": code, "message": message, "details": {}}}) }
     }
 
     pub fn unavailable(message: &str) -> ShardReply {

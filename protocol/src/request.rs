@@ -192,10 +192,10 @@ impl StatementRequest {
         };
         let from = self.from.as_deref().map(|t| time("from", t)).transpose()?;
         let to = self.to.as_deref().map(|t| time("to", t)).transpose()?;
-        if let (Some(from), Some(to)) = (from, to) {
-            if from > to {
-                return Err(Rejection::invalid("to", "must not be before from"));
-            }
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            return Err(Rejection::invalid("to", "must not be before from"));
         }
         Ok(StatementQuery { account_id, from, to, limit: limit as u32, after_commit_seq })
     }
@@ -342,10 +342,7 @@ impl GetTransactionRequest {
                 Ok(TransactionLookup::IdempotencyKey(key))
             }
             (None, None, Some(external_ref)) => Ok(TransactionLookup::ExternalRef(external_ref.validate("external_ref")?)),
-            _ => Err(Rejection::invalid(
-                "ledger_tx_id",
-                "give exactly one of ledger_tx_id, idempotency_key or external_ref",
-            )),
+            _ => Err(Rejection::invalid("ledger_tx_id", "give exactly one of ledger_tx_id, idempotency_key or external_ref")),
         }
     }
 }
@@ -376,14 +373,37 @@ mod tests {
         let cases = [
             ("{", "INVALID_REQUEST", None),
             (r#"{"idempotency_key":"k1"}"#, "INVALID_REQUEST", Some("type")),
-            (&GOOD.replace(r#""amount_minor":5,"currency":"IDR"},"#, r#""amount_minor":5.0,"currency":"IDR"},"#), "INVALID_REQUEST", Some("entries[0].amount_minor")),
-            (&GOOD.replace(r#""amount_minor":5,"currency":"IDR"},"#, r#""amount_minor":"5","currency":"IDR"},"#), "INVALID_REQUEST", Some("entries[0].amount_minor")),
-            (&GOOD.replace(r#""amount_minor":5,"currency":"IDR"},"#, r#""amount_minor":0,"currency":"IDR"},"#), "INVALID_REQUEST", Some("entries[0].amount_minor")),
-            (&GOOD.replace(r#""amount_minor":5,"currency":"IDR"},"#, r#""amount_minor":9223372036854775808,"currency":"IDR"},"#), "INVALID_REQUEST", Some("entries[0].amount_minor")),
+            (
+                &GOOD.replace(r#""amount_minor":5,"currency":"IDR"},"#, r#""amount_minor":5.0,"currency":"IDR"},"#),
+                "INVALID_REQUEST",
+                Some("entries[0].amount_minor"),
+            ),
+            (
+                &GOOD.replace(r#""amount_minor":5,"currency":"IDR"},"#, r#""amount_minor":"5","currency":"IDR"},"#),
+                "INVALID_REQUEST",
+                Some("entries[0].amount_minor"),
+            ),
+            (
+                &GOOD.replace(r#""amount_minor":5,"currency":"IDR"},"#, r#""amount_minor":0,"currency":"IDR"},"#),
+                "INVALID_REQUEST",
+                Some("entries[0].amount_minor"),
+            ),
+            (
+                &GOOD.replace(
+                    r#""amount_minor":5,"currency":"IDR"},"#,
+                    r#""amount_minor":9223372036854775808,"currency":"IDR"},"#,
+                ),
+                "INVALID_REQUEST",
+                Some("entries[0].amount_minor"),
+            ),
             (&GOOD.replace(r#""actor":"svc""#, r#""actor":"svc","extra":1"#), "INVALID_REQUEST", Some("extra")),
             (&GOOD.replace(r#""side":"DEBIT""#, r#""side":"DEBIT","x":1"#), "INVALID_REQUEST", Some("entries[0].x")),
             (&GOOD.replace("IDR", "XYZ"), "UNKNOWN_CURRENCY", Some("entries[0].currency")),
-            (&GOOD.replace(r#""amount_minor":5,"currency":"IDR"}]"#, r#""amount_minor":4,"currency":"IDR"}]"#), "UNBALANCED", None),
+            (
+                &GOOD.replace(r#""amount_minor":5,"currency":"IDR"}]"#, r#""amount_minor":4,"currency":"IDR"}]"#),
+                "UNBALANCED",
+                None,
+            ),
             (&GOOD.replace(r#""account_code":"b""#, r#""account_code":"a""#), "DUPLICATE_ACCOUNT", None),
             (&GOOD.replace(r#""type":"PAYMENT""#, r#""type":"REVERSAL""#), "INVALID_REQUEST", Some("type")),
         ];

@@ -67,7 +67,9 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
         endpoints.push(service.endpoint_builder().name(name).add(format!("ledger.v1.*.{operation}")).await);
     }
     for operation in ADMIN_OPERATIONS {
-        endpoints.push(service.endpoint_builder().name(format!("admin_{operation}")).add(format!("ledger.v1.admin.{operation}")).await);
+        endpoints.push(
+            service.endpoint_builder().name(format!("admin_{operation}")).add(format!("ledger.v1.admin.{operation}")).await,
+        );
     }
     let mut tasks = Vec::new();
     for endpoint in endpoints {
@@ -151,7 +153,8 @@ impl Router {
             }
             "transactions.post" => {
                 let command = parse::<PostRequest>(payload)?.into_command(tenant_id)?;
-                let shards: BTreeSet<ShardId> = command.entries.iter().map(|e| self.ring.shard_for_account(e.account_id)).collect();
+                let shards: BTreeSet<ShardId> =
+                    command.entries.iter().map(|e| self.ring.shard_for_account(e.account_id)).collect();
                 if shards.len() > 1 {
                     return Err(Rejection::invalid(
                         "entries",

@@ -5,8 +5,8 @@ use ledger_node::config::ClusterConfig;
 use ledger_node::server::NodeHandles;
 use ledger_node::shard::FaultHooks;
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -228,10 +228,7 @@ impl Cluster {
         let mut entries = Vec::new();
         let mut cursor = Value::Null;
         loop {
-            let page = self
-                .call("accounts.statement", json!({"account_code": code, "limit": 1000, "cursor": cursor}))
-                .await
-                .ok();
+            let page = self.call("accounts.statement", json!({"account_code": code, "limit": 1000, "cursor": cursor})).await.ok();
             entries.extend(page["entries"].as_array().expect("entries").iter().cloned());
             cursor = page["next_cursor"].clone();
             if cursor.is_null() {

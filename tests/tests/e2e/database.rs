@@ -12,7 +12,8 @@ async fn journal_rows_cannot_be_updated_or_deleted_by_the_service_role() {
     let mut with_ref = ledger_tests::transfer_body("t2", "cash", "alice", 700, "IDR");
     with_ref["external_ref"] = serde_json::json!({"type": "psp", "ref": "ch_9"});
     let second = cluster.call("transactions.post", with_ref).await.ok();
-    let reverse = serde_json::json!({"idempotency_key": "r2", "ledger_tx_id": second["ledger_tx_id"], "actor": "ops", "reason_code": "X"});
+    let reverse =
+        serde_json::json!({"idempotency_key": "r2", "ledger_tx_id": second["ledger_tx_id"], "actor": "ops", "reason_code": "X"});
     cluster.call("transactions.reverse", reverse).await.ok();
     let freeze = serde_json::json!({"account_code": "alice", "status": "FROZEN", "actor": "ops"});
     cluster.call("accounts.set_status", freeze).await.ok();
@@ -36,7 +37,8 @@ async fn journal_rows_cannot_be_updated_or_deleted_by_the_service_role() {
         assert!(error.to_string().contains("immutable"), "{sql}: {error}");
     }
     // also directly on a partition
-    let partition: String = sqlx::query_scalar("select tableoid::regclass::text from ledger_entry limit 1").fetch_one(&db).await.unwrap();
+    let partition: String =
+        sqlx::query_scalar("select tableoid::regclass::text from ledger_entry limit 1").fetch_one(&db).await.unwrap();
     for sql in [format!("delete from {partition}"), format!("truncate {partition}")] {
         let error = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&db).await.expect_err(&sql);
         assert!(error.to_string().contains("immutable"), "{sql}: {error}");

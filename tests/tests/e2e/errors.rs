@@ -56,7 +56,8 @@ async fn every_reachable_error_code_writes_nothing() {
         404,
     )
     .await;
-    refused(&cluster, "accounts.create", json!({"code": "alice", "type": "ASSET", "currency": "IDR"}), "ACCOUNT_EXISTS", 409).await;
+    refused(&cluster, "accounts.create", json!({"code": "alice", "type": "ASSET", "currency": "IDR"}), "ACCOUNT_EXISTS", 409)
+        .await;
     let big = format!(r#"{{"code":"x","type":"ASSET","currency":"IDR","metadata":{{"pad":"{}"}}}}"#, "x".repeat(70 * 1024));
     let before = cluster.footprint().await;
     cluster.raw(&format!("ledger.v1.{}.accounts.create", cluster.tenant), big.into_bytes()).await.err("TOO_LARGE", 413);
@@ -89,7 +90,8 @@ async fn every_reachable_error_code_writes_nothing() {
     cluster.transfer("k7", "alice", "bob", 999, "IDR").await.err("IDEMPOTENCY_CONFLICT", 409);
     assert_eq!(cluster.footprint().await, before);
 
-    let reverse = |key: &str| json!({"idempotency_key": key, "ledger_tx_id": posted["ledger_tx_id"], "actor": "ops", "reason_code": "DUP"});
+    let reverse =
+        |key: &str| json!({"idempotency_key": key, "ledger_tx_id": posted["ledger_tx_id"], "actor": "ops", "reason_code": "DUP"});
     let reversal = cluster.call("transactions.reverse", reverse("r1")).await.ok();
     let before = cluster.footprint().await;
     let e = cluster.call("transactions.reverse", reverse("r2")).await.err("ALREADY_REVERSED", 409);
@@ -147,10 +149,30 @@ async fn bad_input_is_refused_and_the_service_keeps_serving() {
         (b"{not json".to_vec(), "INVALID_REQUEST", 400, Some("body")),
         (b"[1,2]".to_vec(), "INVALID_REQUEST", 400, None),
         (b"".to_vec(), "INVALID_REQUEST", 400, None),
-        (with(&["entries", "0", "amount_minor"], json!(5.5)).to_string().into_bytes(), "INVALID_REQUEST", 400, Some("entries[0].amount_minor")),
-        (with(&["entries", "0", "amount_minor"], json!("5")).to_string().into_bytes(), "INVALID_REQUEST", 400, Some("entries[0].amount_minor")),
-        (with(&["entries", "0", "amount_minor"], json!(0)).to_string().into_bytes(), "INVALID_REQUEST", 400, Some("entries[0].amount_minor")),
-        (with(&["entries", "1", "amount_minor"], json!(-5)).to_string().into_bytes(), "INVALID_REQUEST", 400, Some("entries[1].amount_minor")),
+        (
+            with(&["entries", "0", "amount_minor"], json!(5.5)).to_string().into_bytes(),
+            "INVALID_REQUEST",
+            400,
+            Some("entries[0].amount_minor"),
+        ),
+        (
+            with(&["entries", "0", "amount_minor"], json!("5")).to_string().into_bytes(),
+            "INVALID_REQUEST",
+            400,
+            Some("entries[0].amount_minor"),
+        ),
+        (
+            with(&["entries", "0", "amount_minor"], json!(0)).to_string().into_bytes(),
+            "INVALID_REQUEST",
+            400,
+            Some("entries[0].amount_minor"),
+        ),
+        (
+            with(&["entries", "1", "amount_minor"], json!(-5)).to_string().into_bytes(),
+            "INVALID_REQUEST",
+            400,
+            Some("entries[1].amount_minor"),
+        ),
         (with(&["actor"], json!(7)).to_string().into_bytes(), "INVALID_REQUEST", 400, Some("actor")),
         (with(&["surprise"], json!(true)).to_string().into_bytes(), "INVALID_REQUEST", 400, Some("surprise")),
         (with(&["entries", "0", "memo"], json!("x")).to_string().into_bytes(), "INVALID_REQUEST", 400, Some("entries[0].memo")),
@@ -181,10 +203,16 @@ async fn bad_input_is_refused_and_the_service_keeps_serving() {
 
     let upper = format!("ledger.v1.{}.accounts.get", cluster.tenant.to_string().to_uppercase());
     cluster.raw(&upper, br#"{"account_code":"alice"}"#.to_vec()).await.err("INVALID_REQUEST", 400);
-    cluster.call("accounts.get", json!({"account_code": "alice", "account_id": "00000000-0000-0000-0000-000000000000"})).await.err("INVALID_REQUEST", 400);
+    cluster
+        .call("accounts.get", json!({"account_code": "alice", "account_id": "00000000-0000-0000-0000-000000000000"}))
+        .await
+        .err("INVALID_REQUEST", 400);
     cluster.call("accounts.statement", json!({"account_code": "alice", "limit": 0})).await.err("INVALID_REQUEST", 400);
     cluster.call("accounts.statement", json!({"account_code": "alice", "limit": 1001})).await.err("INVALID_REQUEST", 400);
-    cluster.call("accounts.create", json!({"code": "bad code", "type": "ASSET", "currency": "IDR"})).await.err("INVALID_REQUEST", 400);
+    cluster
+        .call("accounts.create", json!({"code": "bad code", "type": "ASSET", "currency": "IDR"}))
+        .await
+        .err("INVALID_REQUEST", 400);
     cluster.call("accounts.create", json!({"code": "ok", "type": "CASH", "currency": "IDR"})).await.err("INVALID_REQUEST", 400);
 
     // the next valid request succeeds

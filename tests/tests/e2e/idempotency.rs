@@ -34,7 +34,10 @@ async fn replay_returns_the_stored_reply_marked_replayed() {
     cluster.transfer("pay-1", "cash", "alice", 1_001, "USD").await.err("IDEMPOTENCY_CONFLICT", 409);
     // the key space is shared with reversals
     cluster
-        .call("transactions.reverse", json!({"idempotency_key": "pay-1", "ledger_tx_id": first["ledger_tx_id"], "actor": "ops", "reason_code": "X"}))
+        .call(
+            "transactions.reverse",
+            json!({"idempotency_key": "pay-1", "ledger_tx_id": first["ledger_tx_id"], "actor": "ops", "reason_code": "X"}),
+        )
         .await
         .err("IDEMPOTENCY_CONFLICT", 409);
     assert_eq!(cluster.balance("alice").await, 1_000);

@@ -46,13 +46,15 @@ async fn reversal_mirrors_once_and_statements_walk_to_the_balance() {
     let again = json!({"idempotency_key": "rev-3b", "ledger_tx_id": original["ledger_tx_id"], "actor": "ops", "reason_code": "DUPLICATE"});
     cluster.call("transactions.reverse", again).await.err("ALREADY_REVERSED", 409);
     // a reversal is not itself reversible
-    let of_reversal = json!({"idempotency_key": "rev-rev", "ledger_tx_id": reversal["ledger_tx_id"], "actor": "ops", "reason_code": "X"});
+    let of_reversal =
+        json!({"idempotency_key": "rev-rev", "ledger_tx_id": reversal["ledger_tx_id"], "actor": "ops", "reason_code": "X"});
     cluster.call("transactions.reverse", of_reversal).await.err("INVALID_REQUEST", 400);
 
     // a frozen account still takes the reversal of a payment out of it
     let status = |s: &str| json!({"account_code": "alice", "status": s, "actor": "ops", "reason_code": "KYC"});
     cluster.call("accounts.set_status", status("FROZEN")).await.ok();
-    let rev = json!({"idempotency_key": "rev-5", "ledger_tx_id": paid[5]["ledger_tx_id"], "actor": "ops", "reason_code": "REFUND"});
+    let rev =
+        json!({"idempotency_key": "rev-5", "ledger_tx_id": paid[5]["ledger_tx_id"], "actor": "ops", "reason_code": "REFUND"});
     cluster.call("transactions.reverse", rev).await.ok();
     cluster.call("accounts.set_status", status("ACTIVE")).await.ok();
 
@@ -77,7 +79,10 @@ async fn reversal_mirrors_once_and_statements_walk_to_the_balance() {
     // statement paging and time windows
     let page = cluster.call("accounts.statement", json!({"account_code": "alice", "limit": 5})).await.ok();
     assert_eq!(page["entries"].as_array().unwrap().len(), 5);
-    let next = cluster.call("accounts.statement", json!({"account_code": "alice", "limit": 5, "cursor": page["next_cursor"]})).await.ok();
+    let next = cluster
+        .call("accounts.statement", json!({"account_code": "alice", "limit": 5, "cursor": page["next_cursor"]}))
+        .await
+        .ok();
     assert_ne!(next["entries"][0]["ledger_entry_id"], page["entries"][4]["ledger_entry_id"]);
     let future = cluster.call("accounts.statement", json!({"account_code": "alice", "from": "2999-01-01T00:00:00Z"})).await.ok();
     assert_eq!(future["entries"].as_array().unwrap().len(), 0);

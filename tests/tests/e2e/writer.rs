@@ -39,7 +39,7 @@ async fn a_second_writer_cannot_take_an_owned_shard() {
         faults: Arc::new(FaultHooks::default()),
     };
     let second = ractor::Actor::spawn(None, ShardActor, args).await;
-    let error = second.err().expect("the second writer must not start").to_string();
+    let error = second.expect_err("the second writer must not start").to_string();
     assert!(error.contains("owned by another writer"), "{error}");
     // and a database of another shard is refused too
     let wrong = ShardArgs {
@@ -49,7 +49,7 @@ async fn a_second_writer_cannot_take_an_owned_shard() {
         account_cache_max: 16,
         faults: Arc::new(FaultHooks::default()),
     };
-    let error = ractor::Actor::spawn(None, ShardActor, wrong).await.err().expect("wrong shard refused").to_string();
+    let error = ractor::Actor::spawn(None, ShardActor, wrong).await.expect_err("wrong shard refused").to_string();
     assert!(error.contains("belongs to shard 0"), "{error}");
     cluster.create_account("still-works", "ASSET", "IDR", false).await;
     cluster.finish().await;
