@@ -9,7 +9,10 @@
 //! transaction and only then lets the new state replace its cache.
 
 use crate::account::{AccountState, AccountStatus, EntryEffect};
-use crate::command::{Command, CreateAccountCommand, EntryCommand, ExternalRef, PostCommand, ReverseCommand, SetStatusCommand};
+use crate::command::{
+    ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand, EntryCommand,
+    ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SetStatusCommand,
+};
 use crate::currency::Currency;
 use crate::ids::IdSource;
 use crate::money::Side;
@@ -24,11 +27,50 @@ pub const TX_TYPE_REVERSAL: &str = "REVERSAL";
 /// How long an idempotency key is remembered (PROTOCOL.md: at least 7 days).
 pub const IDEMPOTENCY_KEY_RETENTION_DAYS: i64 = 8;
 
-/// What a key already decided.
+/// What a key already decided, or where it is being decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeyOutcome {
-    Posted { ledger_tx_id: Uuid },
-    Rejected { status: u16, body: Value },
+    Posted {
+        ledger_tx_id: Uuid,
+    },
+    Rejected {
+        status: u16,
+        body: Value,
+    },
+    /// Claimed on this (home) shard for a request that `target_shard` decides.
+    Processing {
+        target_shard: u16,
+    },
+    /// Released: the request that claimed it was refused without consuming the key.
+    Retryable,
+}
+
+/// The stored status of an idempotency record (`ledger_idempotency.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    Processing,
+    Succeeded,
+    FailedFinal,
+    FailedRetryable,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Processing => "PROCESSING",
+            KeyStatus::Succeeded => "SUCCEEDED",
+            KeyStatus::FailedFinal => "FAILED_FINAL",
+            KeyStatus::FailedRetryable => "FAILED_RETRYABLE",
+        }
+    }
+}
+
+/// An external reference claimed on its home shard by the request with `owner_key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefClaim {
+    pub owner_key: String,
+    /// The transaction that holds the reference, once it posted.
+    pub ledger_tx_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +95,10 @@ pub struct OriginalTx {
 pub struct Snapshot {
     pub accounts: HashMap<Uuid, AccountState>,
     pub keys: HashMap<(Uuid, String), KeyRecord>,
+    /// References used by transactions posted on this shard.
     pub external_refs: HashMap<(Uuid, ExternalRef), Uuid>,
+    /// References whose home is this shard, claimed for transactions posted elsewhere.
+    pub ref_claims: HashMap<(Uuid, ExternalRef), RefClaim>,
     pub originals: HashMap<Uuid, OriginalTx>,
 }
 
@@ -101,6 +146,16 @@ pub enum Outcome {
     Account {
         account_id: Uuid,
     },
+    /// The key is claimed for this request: go on to the target shard.
+    KeyClaimed,
+    /// The external reference is claimed for this request's key: go on.
+    RefClaimed,
+    /// Another request holds the external reference (posted, if the id is known).
+    RefHeld {
+        ledger_tx_id: Option<Uuid>,
+    },
+    /// A completion was recorded (or had been already).
+    Completed,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,11 +209,14 @@ pub struct EntryRow {
     pub posted_at: DateTime<Utc>,
 }
 
+/// An idempotency record to insert, or to move on from PROCESSING / FAILED_RETRYABLE.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyRow {
     pub tenant_id: Uuid,
     pub idempotency_key: String,
     pub fingerprint: String,
+    pub status: KeyStatus,
+    pub target_shard: Option<u16>,
     pub ledger_tx_id: Option<Uuid>,
     pub response_status: u16,
     pub response_body: Option<Value>,
@@ -171,6 +229,16 @@ pub struct ExternalRefRow {
     pub tenant_id: Uuid,
     pub external_ref: ExternalRef,
     pub ledger_tx_id: Uuid,
+}
+
+/// A claim of an external reference on its home shard: upserted, or deleted when released.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefClaimRow {
+    pub tenant_id: Uuid,
+    pub external_ref: ExternalRef,
+    pub owner_key: String,
+    pub ledger_tx_id: Option<Uuid>,
+    pub released: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,8 +265,11 @@ pub struct Writes {
     pub status_changes: Vec<StatusChange>,
     pub transactions: Vec<TxRow>,
     pub entries: Vec<EntryRow>,
+    /// At most one row per key: a later decision in the batch replaces an earlier one.
     pub keys: Vec<KeyRow>,
     pub external_refs: Vec<ExternalRefRow>,
+    /// At most one row per reference, like `keys`.
+    pub ref_claims: Vec<RefClaimRow>,
     pub reversals: Vec<ReversalRow>,
     /// Accounts whose balance or status changed; their final state is in the snapshot.
     pub touched_accounts: BTreeSet<Uuid>,
@@ -211,6 +282,7 @@ impl Writes {
             && self.status_changes.is_empty()
             && self.transactions.is_empty()
             && self.keys.is_empty()
+            && self.ref_claims.is_empty()
             && self.touched_accounts.is_empty()
     }
 }
@@ -233,9 +305,29 @@ pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Comman
             Command::SetStatus(c) => planner.set_status(c),
             Command::Post(c) => planner.post(c),
             Command::Reverse(c) => planner.reverse(c),
+            Command::ClaimKey(c) => planner.claim_key(c),
+            Command::CompleteKey(c) => planner.complete_key(c),
+            Command::ClaimRef(c) => planner.claim_ref(c),
+            Command::CompleteRef(c) => planner.complete_ref(c),
         })
         .collect();
-    BatchPlan { outcomes, writes: planner.writes, next_commit_seq: planner.next_commit_seq }
+    let mut writes = planner.writes;
+    keep_last_by(&mut writes.keys, |row| (row.tenant_id, row.idempotency_key.clone()));
+    keep_last_by(&mut writes.ref_claims, |row| (row.tenant_id, row.external_ref.clone()));
+    BatchPlan { outcomes, writes, next_commit_seq: planner.next_commit_seq }
+}
+
+/// Keeps the last row for each key, in order: one set-based upsert may touch a row once.
+fn keep_last_by<T, K: std::hash::Hash + Eq>(rows: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let mut kept: Vec<T> = Vec::with_capacity(rows.len());
+    for row in rows.drain(..).rev() {
+        if seen.insert(key(&row)) {
+            kept.push(row);
+        }
+    }
+    kept.reverse();
+    *rows = kept;
 }
 
 struct Planner<'a, I: IdSource> {
@@ -352,38 +444,135 @@ impl<I: IdSource> Planner<'_, I> {
         Outcome::Account { account_id: command.account_id }
     }
 
-    /// The answer of an already used key, if any: a replay or a conflict.
+    /// The answer of an already used key, if any: a replay or a conflict. A key claimed
+    /// for this very request, or released, lets the request go on.
     fn check_key(&self, tenant_id: Uuid, key: &str, fingerprint: &str) -> Option<Outcome> {
         let record = self.snapshot.keys.get(&(tenant_id, key.to_owned()))?;
-        if record.fingerprint != fingerprint {
-            return Some(Outcome::Rejected(Rejection::IdempotencyConflict));
+        let same = record.fingerprint == fingerprint;
+        match &record.outcome {
+            KeyOutcome::Retryable => None,
+            _ if !same => Some(Outcome::Rejected(Rejection::IdempotencyConflict)),
+            KeyOutcome::Processing { .. } => None,
+            KeyOutcome::Posted { ledger_tx_id } => Some(Outcome::Replay { ledger_tx_id: *ledger_tx_id }),
+            KeyOutcome::Rejected { status, body } => Some(Outcome::ReplayRejection { status: *status, body: body.clone() }),
         }
-        Some(match &record.outcome {
-            KeyOutcome::Posted { ledger_tx_id } => Outcome::Replay { ledger_tx_id: *ledger_tx_id },
-            KeyOutcome::Rejected { status, body } => Outcome::ReplayRejection { status: *status, body: body.clone() },
-        })
+    }
+
+    fn record_key(&mut self, tenant_id: Uuid, key: &str, fingerprint: &str, outcome: KeyOutcome) {
+        let (status, target_shard, ledger_tx_id, response_status, response_body) = match &outcome {
+            KeyOutcome::Posted { ledger_tx_id } => (KeyStatus::Succeeded, None, Some(*ledger_tx_id), 200, None),
+            KeyOutcome::Rejected { status, body } => (KeyStatus::FailedFinal, None, None, *status, Some(body.clone())),
+            KeyOutcome::Processing { target_shard } => (KeyStatus::Processing, Some(*target_shard), None, 0, None),
+            KeyOutcome::Retryable => (KeyStatus::FailedRetryable, None, None, 0, None),
+        };
+        self.writes.keys.push(KeyRow {
+            tenant_id,
+            idempotency_key: key.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            status,
+            target_shard,
+            ledger_tx_id,
+            response_status,
+            response_body,
+            created_at: self.now(),
+            expires_at: self.now() + Duration::days(IDEMPOTENCY_KEY_RETENTION_DAYS),
+        });
+        self.snapshot.keys.insert((tenant_id, key.to_owned()), KeyRecord { fingerprint: fingerprint.to_owned(), outcome });
+    }
+
+    fn claim_key(&mut self, command: &ClaimKeyCommand) -> Outcome {
+        let (tenant_id, key, fingerprint) = (command.tenant_id, &command.idempotency_key, &command.fingerprint);
+        if let Some(answer) = self.check_key(tenant_id, key, fingerprint) {
+            return answer;
+        }
+        let already = self.snapshot.keys.get(&(tenant_id, key.clone()));
+        if !matches!(already, Some(KeyRecord { outcome: KeyOutcome::Processing { .. }, .. })) {
+            self.record_key(tenant_id, key, fingerprint, KeyOutcome::Processing { target_shard: command.target_shard });
+        }
+        Outcome::KeyClaimed
+    }
+
+    fn complete_key(&mut self, command: &CompleteKeyCommand) -> Outcome {
+        let (tenant_id, key, fingerprint) = (command.tenant_id, &command.idempotency_key, &command.fingerprint);
+        let claimed = matches!(
+            self.snapshot.keys.get(&(tenant_id, key.clone())),
+            Some(KeyRecord { outcome: KeyOutcome::Processing { .. }, fingerprint: f }) if f == fingerprint
+        );
+        // Completions are idempotent and may arrive late or twice: only a claim for this
+        // very request moves on, and only once.
+        if claimed {
+            let outcome = match &command.completion {
+                KeyCompletion::Posted { ledger_tx_id } => KeyOutcome::Posted { ledger_tx_id: *ledger_tx_id },
+                KeyCompletion::Rejected { status, body } => KeyOutcome::Rejected { status: *status, body: body.clone() },
+                KeyCompletion::Released => KeyOutcome::Retryable,
+            };
+            self.record_key(tenant_id, key, fingerprint, outcome);
+        }
+        Outcome::Completed
+    }
+
+    /// Who holds an external reference on this shard, if anyone but `key`.
+    fn ref_holder(&self, tenant_id: Uuid, external_ref: &ExternalRef, key: &str) -> Option<Option<Uuid>> {
+        let id = (tenant_id, external_ref.clone());
+        if let Some(tx) = self.snapshot.external_refs.get(&id) {
+            return Some(Some(*tx));
+        }
+        match self.snapshot.ref_claims.get(&id) {
+            Some(claim) if claim.owner_key != key => Some(claim.ledger_tx_id),
+            _ => None,
+        }
+    }
+
+    fn claim_ref(&mut self, command: &ClaimRefCommand) -> Outcome {
+        let (tenant_id, external_ref, key) = (command.tenant_id, &command.external_ref, &command.idempotency_key);
+        if let Some(holder) = self.ref_holder(tenant_id, external_ref, key) {
+            return Outcome::RefHeld { ledger_tx_id: holder };
+        }
+        let id = (tenant_id, external_ref.clone());
+        if !self.snapshot.ref_claims.contains_key(&id) {
+            let claim = RefClaim { owner_key: key.clone(), ledger_tx_id: None };
+            self.write_ref_claim(tenant_id, external_ref, &claim, false);
+            self.snapshot.ref_claims.insert(id, claim);
+        }
+        Outcome::RefClaimed
+    }
+
+    fn complete_ref(&mut self, command: &CompleteRefCommand) -> Outcome {
+        let id = (command.tenant_id, command.external_ref.clone());
+        let Some(claim) = self.snapshot.ref_claims.get(&id).cloned() else { return Outcome::Completed };
+        if claim.owner_key != command.idempotency_key || claim.ledger_tx_id.is_some() {
+            return Outcome::Completed;
+        }
+        match command.completion {
+            RefCompletion::Bound { ledger_tx_id } => {
+                let bound = RefClaim { ledger_tx_id: Some(ledger_tx_id), ..claim };
+                self.write_ref_claim(command.tenant_id, &command.external_ref, &bound, false);
+                self.snapshot.ref_claims.insert(id, bound);
+            }
+            RefCompletion::Released => {
+                self.write_ref_claim(command.tenant_id, &command.external_ref, &claim, true);
+                self.snapshot.ref_claims.remove(&id);
+            }
+        }
+        Outcome::Completed
+    }
+
+    fn write_ref_claim(&mut self, tenant_id: Uuid, external_ref: &ExternalRef, claim: &RefClaim, released: bool) {
+        self.writes.ref_claims.push(RefClaimRow {
+            tenant_id,
+            external_ref: external_ref.clone(),
+            owner_key: claim.owner_key.clone(),
+            ledger_tx_id: claim.ledger_tx_id,
+            released,
+        });
     }
 
     /// Refuses a keyed command, remembering the refusal under the key when the protocol
     /// says it is replayed.
     fn refuse(&mut self, tenant_id: Uuid, key: &str, fingerprint: &str, rejection: Rejection) -> Outcome {
         if rejection.is_stored_under_key() {
-            let body = rejection.to_body();
-            let status = rejection.status();
-            self.writes.keys.push(KeyRow {
-                tenant_id,
-                idempotency_key: key.to_owned(),
-                fingerprint: fingerprint.to_owned(),
-                ledger_tx_id: None,
-                response_status: status,
-                response_body: Some(body.clone()),
-                created_at: self.now(),
-                expires_at: self.now() + Duration::days(IDEMPOTENCY_KEY_RETENTION_DAYS),
-            });
-            self.snapshot.keys.insert(
-                (tenant_id, key.to_owned()),
-                KeyRecord { fingerprint: fingerprint.to_owned(), outcome: KeyOutcome::Rejected { status, body } },
-            );
+            let outcome = KeyOutcome::Rejected { status: rejection.status(), body: rejection.to_body() };
+            self.record_key(tenant_id, key, fingerprint, outcome);
         }
         Outcome::Rejected(rejection)
     }
@@ -433,11 +622,18 @@ impl<I: IdSource> Planner<'_, I> {
                 });
             }
         }
-        if let Some(external_ref) = &command.external_ref
-            && let Some(owner) = self.snapshot.external_refs.get(&(tenant_id, external_ref.clone()))
-        {
-            let rejection = Rejection::DuplicateExternalRef { ledger_tx_id: *owner };
-            return self.refuse(tenant_id, key, fingerprint, rejection);
+        if let Some(holder) = command.external_ref_held_by {
+            return self.refuse(tenant_id, key, fingerprint, Rejection::DuplicateExternalRef { ledger_tx_id: holder });
+        }
+        if let Some(external_ref) = &command.external_ref {
+            match self.ref_holder(tenant_id, external_ref, key) {
+                Some(Some(holder)) => {
+                    return self.refuse(tenant_id, key, fingerprint, Rejection::DuplicateExternalRef { ledger_tx_id: holder });
+                }
+                // another request is posting with this reference right now
+                Some(None) => return Outcome::Rejected(Rejection::InProgress),
+                None => {}
+            }
         }
         let effects = match self.effects(tenant_id, &command.entries, true) {
             Ok(effects) => effects,
@@ -563,20 +759,7 @@ impl<I: IdSource> Planner<'_, I> {
             metadata: tx.metadata,
             reverses_ledger_tx_id: tx.reverses_ledger_tx_id,
         });
-        self.writes.keys.push(KeyRow {
-            tenant_id: tx.tenant_id,
-            idempotency_key: tx.idempotency_key.to_owned(),
-            fingerprint: tx.fingerprint.to_owned(),
-            ledger_tx_id: Some(ledger_tx_id),
-            response_status: 200,
-            response_body: None,
-            created_at: now,
-            expires_at: now + Duration::days(IDEMPOTENCY_KEY_RETENTION_DAYS),
-        });
-        self.snapshot.keys.insert(
-            (tx.tenant_id, tx.idempotency_key.to_owned()),
-            KeyRecord { fingerprint: tx.fingerprint.to_owned(), outcome: KeyOutcome::Posted { ledger_tx_id } },
-        );
+        self.record_key(tx.tenant_id, tx.idempotency_key, tx.fingerprint, KeyOutcome::Posted { ledger_tx_id });
         if let Some(external_ref) = tx.external_ref {
             self.writes.external_refs.push(ExternalRefRow {
                 tenant_id: tx.tenant_id,
@@ -689,6 +872,7 @@ mod tests {
             actor: "test".into(),
             reason_code: None,
             metadata: json!({}),
+            external_ref_held_by: None,
         };
         command.fingerprint = crate::fingerprint::fingerprint("transactions.post", &command);
         Command::Post(command)
@@ -763,7 +947,169 @@ mod tests {
             Outcome::ReplayRejection { .. } => "REPLAY_REJECTION",
             Outcome::Rejected(r) => r.code(),
             Outcome::Account { .. } => "ACCOUNT",
+            Outcome::KeyClaimed => "KEY_CLAIMED",
+            Outcome::RefClaimed => "REF_CLAIMED",
+            Outcome::RefHeld { ledger_tx_id: Some(_) } => "REF_HELD_POSTED",
+            Outcome::RefHeld { ledger_tx_id: None } => "REF_HELD_PENDING",
+            Outcome::Completed => "COMPLETED",
         }
+    }
+
+    fn fingerprint_of(command: &Command) -> String {
+        match command {
+            Command::Post(p) => p.fingerprint.clone(),
+            _ => unreachable!("posts only"),
+        }
+    }
+
+    fn claim(key: &str, fingerprint: &str) -> Command {
+        Command::ClaimKey(ClaimKeyCommand {
+            tenant_id: TENANT,
+            idempotency_key: key.into(),
+            fingerprint: fingerprint.into(),
+            target_shard: 2,
+        })
+    }
+
+    fn complete(key: &str, fingerprint: &str, completion: KeyCompletion) -> Command {
+        Command::CompleteKey(CompleteKeyCommand {
+            tenant_id: TENANT,
+            idempotency_key: key.into(),
+            fingerprint: fingerprint.into(),
+            completion,
+        })
+    }
+
+    fn external(reference: &str) -> ExternalRef {
+        ExternalRef { ref_type: "psp".into(), reference: reference.into() }
+    }
+
+    fn claim_ref(reference: &str, key: &str) -> Command {
+        Command::ClaimRef(ClaimRefCommand { tenant_id: TENANT, external_ref: external(reference), idempotency_key: key.into() })
+    }
+
+    fn complete_ref(reference: &str, key: &str, completion: RefCompletion) -> Command {
+        Command::CompleteRef(CompleteRefCommand {
+            tenant_id: TENANT,
+            external_ref: external(reference),
+            idempotency_key: key.into(),
+            completion,
+        })
+    }
+
+    #[test]
+    fn key_claims_on_the_home_shard() {
+        let mut shard = setup();
+        let tx = Uuid::from_u128(77);
+        let outcomes = shard.run(&[
+            claim("k", "fp1"),
+            claim("k", "fp1"),
+            claim("k", "fp2"),
+            complete("k", "fp2", KeyCompletion::Posted { ledger_tx_id: tx }),
+            complete("k", "fp1", KeyCompletion::Posted { ledger_tx_id: tx }),
+            claim("k", "fp1"),
+            complete("k", "fp1", KeyCompletion::Released),
+            claim("gone", "a"),
+            complete("gone", "a", KeyCompletion::Released),
+            claim("gone", "b"),
+            claim("no", "x"),
+            complete("no", "x", KeyCompletion::Rejected { status: 422, body: json!({"error": {"code": "INSUFFICIENT_FUNDS"}}) }),
+            claim("no", "x"),
+        ]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(
+            codes,
+            [
+                "KEY_CLAIMED",
+                "KEY_CLAIMED",
+                "IDEMPOTENCY_CONFLICT",
+                "COMPLETED",
+                "COMPLETED",
+                "REPLAY",
+                "COMPLETED",
+                "KEY_CLAIMED",
+                "COMPLETED",
+                "KEY_CLAIMED",
+                "KEY_CLAIMED",
+                "COMPLETED",
+                "REPLAY_REJECTION",
+            ]
+        );
+        assert_eq!(shard.snapshot.keys[&(TENANT, "k".to_owned())].outcome, KeyOutcome::Posted { ledger_tx_id: tx });
+        let gone = &shard.snapshot.keys[&(TENANT, "gone".to_owned())];
+        assert_eq!((gone.fingerprint.as_str(), &gone.outcome), ("b", &KeyOutcome::Processing { target_shard: 2 }));
+    }
+
+    #[test]
+    fn a_batch_writes_one_row_per_key_the_last_decision() {
+        let mut shard = setup();
+        shard.clock += 1;
+        let input = BatchInput { shard_id: 3, now: at(shard.clock), next_commit_seq: 1 };
+        let plan = plan_batch(
+            input,
+            &mut shard.snapshot,
+            &[claim("k", "f"), complete("k", "f", KeyCompletion::Released), claim("k", "g")],
+            &mut shard.ids,
+        );
+        assert_eq!(plan.writes.keys.len(), 1);
+        assert_eq!((plan.writes.keys[0].fingerprint.as_str(), plan.writes.keys[0].status), ("g", KeyStatus::Processing));
+    }
+
+    #[test]
+    fn a_claimed_key_posts_for_its_own_request_only() {
+        let mut shard = setup();
+        let payment = transfer("pay", "credit", "alice", 10);
+        let other = transfer("pay", "credit", "alice", 11);
+        let fingerprint = fingerprint_of(&payment);
+        let outcomes = shard.run(&[claim("pay", &fingerprint), other.clone(), payment.clone(), payment.clone()]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(codes, ["KEY_CLAIMED", "IDEMPOTENCY_CONFLICT", "POSTED", "REPLAY"]);
+    }
+
+    #[test]
+    fn external_references_claimed_on_their_home_shard() {
+        let mut shard = setup();
+        let tx = Uuid::from_u128(5);
+        let outcomes = shard.run(&[
+            claim_ref("ch_1", "k1"),
+            claim_ref("ch_1", "k1"),
+            claim_ref("ch_1", "k2"),
+            complete_ref("ch_1", "k2", RefCompletion::Bound { ledger_tx_id: Uuid::from_u128(9) }),
+            complete_ref("ch_1", "k1", RefCompletion::Bound { ledger_tx_id: tx }),
+            claim_ref("ch_1", "k2"),
+            claim_ref("ch_2", "k3"),
+            complete_ref("ch_2", "k3", RefCompletion::Released),
+            claim_ref("ch_2", "k4"),
+        ]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(
+            codes,
+            [
+                "REF_CLAIMED",
+                "REF_CLAIMED",
+                "REF_HELD_PENDING",
+                "COMPLETED",
+                "COMPLETED",
+                "REF_HELD_POSTED",
+                "REF_CLAIMED",
+                "COMPLETED",
+                "REF_CLAIMED",
+            ]
+        );
+        // a local post with a reference held at home: pending is IN_PROGRESS, posted is a duplicate
+        let with_ref = |key: &str, reference: &str| {
+            let Command::Post(mut p) = transfer(key, "credit", "alice", 1) else { unreachable!() };
+            p.external_ref = Some(external(reference));
+            Command::Post(p)
+        };
+        let held_elsewhere = {
+            let Command::Post(mut p) = transfer("k7", "credit", "alice", 1) else { unreachable!() };
+            p.external_ref_held_by = Some(tx);
+            Command::Post(p)
+        };
+        let outcomes = shard.run(&[with_ref("k5", "ch_2"), with_ref("k6", "ch_1"), held_elsewhere, with_ref("k4", "ch_2")]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(codes, ["IN_PROGRESS", "DUPLICATE_EXTERNAL_REF", "DUPLICATE_EXTERNAL_REF", "POSTED"]);
     }
 
     fn setup() -> Shard {

@@ -38,6 +38,10 @@ pub struct PostCommand {
     pub actor: String,
     pub reason_code: Option<String>,
     pub metadata: Value,
+    /// Set by the router when the external reference's home shard (another shard) says
+    /// a posted transaction already holds it. Not part of the fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ref_held_by: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +80,62 @@ pub struct SetStatusCommand {
     pub reason_code: Option<String>,
 }
 
+/// Claims an idempotency key on its home shard for a request that another shard (the
+/// target) will decide: this is what makes a key unique across the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimKeyCommand {
+    pub tenant_id: Uuid,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+    pub target_shard: u16,
+}
+
+/// What the target shard decided, recorded on the key's home shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyCompletion {
+    Posted {
+        ledger_tx_id: Uuid,
+    },
+    Rejected {
+        status: u16,
+        body: Value,
+    },
+    /// The request was refused in a way that consumes no key (400, 404): free it again.
+    Released,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompleteKeyCommand {
+    pub tenant_id: Uuid,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+    pub completion: KeyCompletion,
+}
+
+/// Claims an external reference on its home shard for the request with this key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimRefCommand {
+    pub tenant_id: Uuid,
+    pub external_ref: ExternalRef,
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefCompletion {
+    Bound { ledger_tx_id: Uuid },
+    Released,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompleteRefCommand {
+    pub tenant_id: Uuid,
+    pub external_ref: ExternalRef,
+    pub idempotency_key: String,
+    pub completion: RefCompletion,
+}
+
 /// One write for a shard writer. Reads never pass through the writer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -83,6 +143,10 @@ pub enum Command {
     SetStatus(SetStatusCommand),
     Post(PostCommand),
     Reverse(ReverseCommand),
+    ClaimKey(ClaimKeyCommand),
+    CompleteKey(CompleteKeyCommand),
+    ClaimRef(ClaimRefCommand),
+    CompleteRef(CompleteRefCommand),
 }
 
 impl Command {
@@ -92,6 +156,10 @@ impl Command {
             Command::SetStatus(c) => c.tenant_id,
             Command::Post(c) => c.tenant_id,
             Command::Reverse(c) => c.tenant_id,
+            Command::ClaimKey(c) => c.tenant_id,
+            Command::CompleteKey(c) => c.tenant_id,
+            Command::ClaimRef(c) => c.tenant_id,
+            Command::CompleteRef(c) => c.tenant_id,
         }
     }
 
@@ -101,7 +169,7 @@ impl Command {
             Command::CreateAccount(c) => (Some(c.account_id), &[][..]),
             Command::SetStatus(c) => (Some(c.account_id), &[][..]),
             Command::Post(c) => (None, &c.entries[..]),
-            Command::Reverse(_) => (None, &[][..]),
+            _ => (None, &[][..]),
         };
         single.into_iter().chain(entries.iter().map(|e| e.account_id))
     }
@@ -110,7 +178,19 @@ impl Command {
         match self {
             Command::Post(c) => Some(&c.idempotency_key),
             Command::Reverse(c) => Some(&c.idempotency_key),
-            Command::CreateAccount(_) | Command::SetStatus(_) => None,
+            Command::ClaimKey(c) => Some(&c.idempotency_key),
+            Command::CompleteKey(c) => Some(&c.idempotency_key),
+            Command::CreateAccount(_) | Command::SetStatus(_) | Command::ClaimRef(_) | Command::CompleteRef(_) => None,
+        }
+    }
+
+    /// The external reference whose uniqueness the command needs to know about.
+    pub fn external_ref(&self) -> Option<&ExternalRef> {
+        match self {
+            Command::Post(c) => c.external_ref.as_ref(),
+            Command::ClaimRef(c) => Some(&c.external_ref),
+            Command::CompleteRef(c) => Some(&c.external_ref),
+            _ => None,
         }
     }
 }

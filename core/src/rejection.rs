@@ -108,7 +108,9 @@ impl Rejection {
             Rejection::IdempotencyConflict => "the idempotency key was already used with a different request".into(),
             Rejection::DuplicateExternalRef { .. } => "the external reference is already used by another transaction".into(),
             Rejection::AlreadyReversed { .. } => "the transaction has already been reversed".into(),
-            Rejection::InProgress => "a request with this idempotency key is still being processed; retry later".into(),
+            Rejection::InProgress => {
+                "a request with this idempotency key or external reference is still being processed; retry later".into()
+            }
             Rejection::TooLarge { limit_bytes } => format!("request body is larger than {limit_bytes} bytes"),
             Rejection::InsufficientFunds { balance_minor, required_minor, .. } => {
                 format!("balance {balance_minor} is less than the {required_minor} required")

@@ -8,8 +8,10 @@ use crate::store;
 use anyhow::Context;
 use futures::StreamExt;
 use ledger_core::batch::Outcome;
+use ledger_core::command::Command;
+use ledger_core::ids::shard_of_ledger_id;
 use ledger_core::rejection::Rejection;
-use ledger_protocol::internal::{ShardReply, ShardRequest, TransactionLookup};
+use ledger_protocol::internal::{ClaimAnswer, Redirect, ShardReply, ShardRequest, TransactionLookup};
 use ledger_protocol::reply::PostReply;
 use ractor::{Actor, ActorRef};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -187,6 +189,19 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
             Ok(reply) => reply,
             Err(error) => store_failure(shard_id, error),
         },
+        ShardRequest::PostReply { ledger_tx_id } => replay(runtime, ledger_tx_id).await,
+    }
+}
+
+async fn replay(runtime: &ShardRuntime, ledger_tx_id: Uuid) -> ShardReply {
+    let reply = async {
+        let mut conn = runtime.pool.acquire().await?;
+        store::post_reply(&mut conn, ledger_tx_id).await
+    };
+    match reply.await {
+        Ok(Some(reply)) => ShardReply::ok(serde_json::to_value(reply).expect("serializes")),
+        Ok(None) => ShardReply::internal("a replayed transaction is missing from the journal"),
+        Err(error) => store_failure(runtime.shard_id, error),
     }
 }
 
@@ -197,25 +212,30 @@ async fn get_transaction(
 ) -> Result<ShardReply, store::StoreError> {
     let id = match by {
         TransactionLookup::Id(id) => Some(id),
-        TransactionLookup::IdempotencyKey(key) => store::tx_id_by_key(&runtime.pool, tenant_id, &key).await?,
+        TransactionLookup::IdempotencyKey(key) => match store::lookup_key(&runtime.pool, tenant_id, &key).await? {
+            store::KeyLookup::Transaction(id) => Some(id),
+            store::KeyLookup::DecidedOn(shard_id) => return Ok(ShardReply::redirect(Redirect::KeyOnShard { shard_id })),
+            store::KeyLookup::Nothing => None,
+        },
         TransactionLookup::ExternalRef(external_ref) => {
             store::tx_id_by_external_ref(&runtime.pool, tenant_id, &external_ref).await?
         }
     };
+    let Some(id) = id else { return Ok(ShardReply::rejected(&Rejection::TransactionNotFound)) };
+    if shard_of_ledger_id(id) != Some(runtime.shard_id) {
+        return Ok(ShardReply::redirect(Redirect::Transaction { ledger_tx_id: id }));
+    }
     let mut conn = runtime.pool.acquire().await?;
-    let found = match id {
-        Some(id) => store::transaction_object(&mut conn, tenant_id, id).await?,
-        None => None,
-    };
-    Ok(match found {
+    Ok(match store::transaction_object(&mut conn, tenant_id, id).await? {
         Some(tx) => ShardReply::ok(serde_json::to_value(tx).expect("serializes")),
         None => ShardReply::rejected(&Rejection::TransactionNotFound),
     })
 }
 
-async fn write(runtime: &ShardRuntime, command: ledger_core::command::Command) -> ShardReply {
+async fn write(runtime: &ShardRuntime, command: Command) -> ShardReply {
     let shard_id = runtime.shard_id;
     let tenant_id = command.tenant_id();
+    let is_claim = matches!(command, Command::ClaimKey(_));
     let Ok(_permit) = runtime.queue.try_acquire() else {
         return ShardReply::unavailable(&format!("shard {shard_id} has too many queued writes; retry with the same key"));
     };
@@ -230,17 +250,8 @@ async fn write(runtime: &ShardRuntime, command: ledger_core::command::Command) -
     };
     match outcome {
         Outcome::Posted(posted) => ShardReply::ok(serde_json::to_value(PostReply::new(&posted, false)).expect("serializes")),
-        Outcome::Replay { ledger_tx_id } => {
-            let reply = async {
-                let mut conn = runtime.pool.acquire().await?;
-                store::post_reply(&mut conn, ledger_tx_id).await
-            };
-            match reply.await {
-                Ok(Some(reply)) => ShardReply::ok(serde_json::to_value(reply).expect("serializes")),
-                Ok(None) => ShardReply::internal("a replayed transaction is missing from the journal"),
-                Err(error) => store_failure(shard_id, error),
-            }
-        }
+        Outcome::Replay { ledger_tx_id } if is_claim => ShardReply::claim(ClaimAnswer::Replay { ledger_tx_id }),
+        Outcome::Replay { ledger_tx_id } => replay(runtime, ledger_tx_id).await,
         Outcome::ReplayRejection { status, body } => ShardReply { status, body },
         Outcome::Rejected(rejection) => ShardReply::rejected(&rejection),
         Outcome::Account { account_id } => match store::account_object(&runtime.pool, tenant_id, account_id).await {
@@ -248,5 +259,8 @@ async fn write(runtime: &ShardRuntime, command: ledger_core::command::Command) -
             Ok(None) => ShardReply::internal("a committed account is missing"),
             Err(error) => store_failure(shard_id, error),
         },
+        Outcome::KeyClaimed | Outcome::RefClaimed => ShardReply::claim(ClaimAnswer::Claimed),
+        Outcome::RefHeld { ledger_tx_id } => ShardReply::claim(ClaimAnswer::Held { ledger_tx_id }),
+        Outcome::Completed => ShardReply::claim(ClaimAnswer::Completed),
     }
 }

@@ -240,15 +240,10 @@ impl ShardState {
         if !keys.is_empty() {
             snapshot.keys = store::load_keys(&mut *conn, &keys).await?;
         }
-        let refs: Vec<_> = commands
-            .iter()
-            .filter_map(|c| match c {
-                Command::Post(p) => p.external_ref.clone().map(|r| (p.tenant_id, r)),
-                _ => None,
-            })
-            .collect();
+        let refs: Vec<_> = commands.iter().filter_map(|c| c.external_ref().map(|r| (c.tenant_id(), r.clone()))).collect();
         if !refs.is_empty() {
             snapshot.external_refs = store::load_external_refs(&mut *conn, &refs).await?;
+            snapshot.ref_claims = store::load_ref_claims(&mut *conn, &refs).await?;
         }
 
         // Posting time never goes backwards on a shard, so commit order and time agree.

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use ledger_core::account::{AccountState, AccountStatus};
-use ledger_core::batch::{KeyOutcome, KeyRecord, OriginalTx, Snapshot, Writes};
+use ledger_core::batch::{KeyOutcome, KeyRecord, OriginalTx, RefClaim, Snapshot, Writes};
 use ledger_core::command::{EntryCommand, ExternalRef};
 use ledger_core::currency::Currency;
 use ledger_core::fingerprint::attributes_digest;
@@ -131,7 +131,8 @@ pub async fn load_keys(
     let tenants: Vec<Uuid> = keys.iter().map(|k| k.0).collect();
     let names: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let rows = sqlx::query(
-        "select i.tenant_id, i.idempotency_key, i.request_fingerprint, i.status, i.ledger_tx_id, i.response_code, i.response_body
+        "select i.tenant_id, i.idempotency_key, i.request_fingerprint, i.status, i.ledger_tx_id, i.response_code, i.response_body,
+                i.target_shard
          from ledger_idempotency i
          join unnest($1::uuid[], $2::text[]) as k(tenant_id, idempotency_key)
            on i.tenant_id = k.tenant_id and i.idempotency_key = k.idempotency_key",
@@ -153,6 +154,12 @@ pub async fn load_keys(
                 status: row.try_get::<Option<i32>, _>("response_code")?.unwrap_or(500) as u16,
                 body: row.try_get::<Option<Value>, _>("response_body")?.unwrap_or(Value::Null),
             },
+            "PROCESSING" => KeyOutcome::Processing {
+                target_shard: row
+                    .try_get::<Option<i32>, _>("target_shard")?
+                    .ok_or_else(|| corrupt("claim without target", &status))? as u16,
+            },
+            "FAILED_RETRYABLE" => KeyOutcome::Retryable,
             other => return Err(corrupt("idempotency status", other)),
         };
         let key = (row.try_get("tenant_id")?, row.try_get("idempotency_key")?);
@@ -183,6 +190,32 @@ pub async fn load_external_refs(
         .map(|row| {
             let external_ref = ExternalRef { ref_type: row.try_get(1)?, reference: row.try_get(2)? };
             Ok(((row.try_get(0)?, external_ref), row.try_get(3)?))
+        })
+        .collect()
+}
+
+pub async fn load_ref_claims(
+    conn: impl PgExecutor<'_>,
+    refs: &[(Uuid, ExternalRef)],
+) -> Result<HashMap<(Uuid, ExternalRef), RefClaim>, StoreError> {
+    let tenants: Vec<Uuid> = refs.iter().map(|r| r.0).collect();
+    let types: Vec<&str> = refs.iter().map(|r| r.1.ref_type.as_str()).collect();
+    let names: Vec<&str> = refs.iter().map(|r| r.1.reference.as_str()).collect();
+    let rows = sqlx::query(
+        "select c.tenant_id, c.external_ref_type, c.external_ref, c.idempotency_key, c.ledger_tx_id
+         from ledger_external_ref_claim c
+         join unnest($1::uuid[], $2::text[], $3::text[]) as k(tenant_id, ref_type, ref)
+           on c.tenant_id = k.tenant_id and c.external_ref_type = k.ref_type and c.external_ref = k.ref",
+    )
+    .bind(&tenants)
+    .bind(&types)
+    .bind(&names)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let external_ref = ExternalRef { ref_type: row.try_get(1)?, reference: row.try_get(2)? };
+            Ok(((row.try_get(0)?, external_ref), RefClaim { owner_key: row.try_get(3)?, ledger_tx_id: row.try_get(4)? }))
         })
         .collect()
 }
@@ -269,7 +302,10 @@ pub async fn write_batch(
         insert_entries(conn, writes).await?;
     }
     if !writes.keys.is_empty() {
-        insert_keys(conn, writes).await?;
+        upsert_keys(conn, writes).await?;
+    }
+    if !writes.ref_claims.is_empty() {
+        write_ref_claims(conn, writes).await?;
     }
     if !writes.external_refs.is_empty() {
         let x = &writes.external_refs;
@@ -440,19 +476,29 @@ async fn insert_entries(conn: &mut PgConnection, writes: &Writes) -> Result<(), 
     Ok(())
 }
 
-async fn insert_keys(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
+/// Inserts new idempotency records and moves claimed or released ones on. The `where`
+/// keeps a final record final even if a late completion were to reach it.
+async fn upsert_keys(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
     let k = &writes.keys;
     sqlx::query(
-        "insert into ledger_idempotency (tenant_id, idempotency_key, request_fingerprint, status, ledger_tx_id, response_code,
-                response_body, created_at, updated_at, expires_at)
-         select tenant, key, fp, case when tx is null then 'FAILED_FINAL' else 'SUCCEEDED' end, tx, code, body::jsonb,
-                created, created, expires
-         from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::int4[], $6::text[], $7::timestamptz[], $8::timestamptz[])
-              as u(tenant, key, fp, tx, code, body, created, expires)",
+        "insert into ledger_idempotency (tenant_id, idempotency_key, request_fingerprint, status, target_shard, ledger_tx_id,
+                response_code, response_body, created_at, updated_at, expires_at)
+         select tenant, key, fp, status, target, tx, nullif(code, 0), body::jsonb, created, created, expires
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::uuid[], $7::int4[], $8::text[],
+                     $9::timestamptz[], $10::timestamptz[])
+              as u(tenant, key, fp, status, target, tx, code, body, created, expires)
+         on conflict (tenant_id, idempotency_key) do update
+            set request_fingerprint = excluded.request_fingerprint, status = excluded.status,
+                target_shard = excluded.target_shard, ledger_tx_id = excluded.ledger_tx_id,
+                response_code = excluded.response_code, response_body = excluded.response_body,
+                updated_at = excluded.updated_at, expires_at = excluded.expires_at
+            where ledger_idempotency.status in ('PROCESSING', 'FAILED_RETRYABLE')",
     )
     .bind(k.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
     .bind(k.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
     .bind(k.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+    .bind(k.iter().map(|r| r.target_shard.map(i32::from)).collect::<Vec<_>>())
     .bind(k.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
     .bind(k.iter().map(|r| r.response_status as i32).collect::<Vec<_>>())
     .bind(k.iter().map(|r| r.response_body.as_ref().map(|b| b.to_string())).collect::<Vec<_>>())
@@ -460,6 +506,42 @@ async fn insert_keys(conn: &mut PgConnection, writes: &Writes) -> Result<(), Sto
     .bind(k.iter().map(|r| r.expires_at).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+async fn write_ref_claims(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
+    let (released, kept): (Vec<_>, Vec<_>) = writes.ref_claims.iter().partition(|c| c.released);
+    if !kept.is_empty() {
+        sqlx::query(
+            "insert into ledger_external_ref_claim (tenant_id, external_ref_type, external_ref, idempotency_key, ledger_tx_id)
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[])
+             on conflict (tenant_id, external_ref_type, external_ref) do update
+                set ledger_tx_id = excluded.ledger_tx_id, updated_at = now()
+                where ledger_external_ref_claim.idempotency_key = excluded.idempotency_key
+                  and ledger_external_ref_claim.ledger_tx_id is null",
+        )
+        .bind(kept.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
+        .bind(kept.iter().map(|c| c.external_ref.ref_type.as_str()).collect::<Vec<_>>())
+        .bind(kept.iter().map(|c| c.external_ref.reference.as_str()).collect::<Vec<_>>())
+        .bind(kept.iter().map(|c| c.owner_key.as_str()).collect::<Vec<_>>())
+        .bind(kept.iter().map(|c| c.ledger_tx_id).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !released.is_empty() {
+        sqlx::query(
+            "delete from ledger_external_ref_claim c
+             using unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) as u(tenant, ref_type, ref, key)
+             where c.tenant_id = u.tenant and c.external_ref_type = u.ref_type and c.external_ref = u.ref
+               and c.idempotency_key = u.key and c.ledger_tx_id is null",
+        )
+        .bind(released.iter().map(|c| c.tenant_id).collect::<Vec<_>>())
+        .bind(released.iter().map(|c| c.external_ref.ref_type.as_str()).collect::<Vec<_>>())
+        .bind(released.iter().map(|c| c.external_ref.reference.as_str()).collect::<Vec<_>>())
+        .bind(released.iter().map(|c| c.owner_key.as_str()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
@@ -626,23 +708,42 @@ pub async fn post_reply(conn: &mut PgConnection, ledger_tx_id: Uuid) -> Result<O
     Ok(Some(PostReply { ledger_tx_id, status: "POSTED", posted_at, replayed: true, entries }))
 }
 
-pub async fn tx_id_by_key(conn: impl PgExecutor<'_>, tenant_id: Uuid, key: &str) -> Result<Option<Uuid>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "select ledger_tx_id from ledger_idempotency where tenant_id = $1 and idempotency_key = $2 and ledger_tx_id is not null",
+/// Where the transaction of an idempotency key is, as this shard knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyLookup {
+    Transaction(Uuid),
+    /// Claimed here for a request that this other shard decides.
+    DecidedOn(u16),
+    Nothing,
+}
+
+pub async fn lookup_key(conn: impl PgExecutor<'_>, tenant_id: Uuid, key: &str) -> Result<KeyLookup, StoreError> {
+    let row: Option<(String, Option<Uuid>, Option<i32>)> = sqlx::query_as(
+        "select status, ledger_tx_id, target_shard from ledger_idempotency where tenant_id = $1 and idempotency_key = $2",
     )
     .bind(tenant_id)
     .bind(key)
     .fetch_optional(conn)
-    .await?)
+    .await?;
+    Ok(match row {
+        Some((_, Some(tx), _)) => KeyLookup::Transaction(tx),
+        Some((status, None, Some(target))) if status == "PROCESSING" => KeyLookup::DecidedOn(target as u16),
+        _ => KeyLookup::Nothing,
+    })
 }
 
+/// The transaction holding an external reference: posted here, or claimed here and bound.
 pub async fn tx_id_by_external_ref(
     conn: impl PgExecutor<'_>,
     tenant_id: Uuid,
     external_ref: &ExternalRef,
 ) -> Result<Option<Uuid>, StoreError> {
     Ok(sqlx::query_scalar(
-        "select ledger_tx_id from ledger_external_ref where tenant_id = $1 and external_ref_type = $2 and external_ref = $3",
+        "select ledger_tx_id from ledger_external_ref where tenant_id = $1 and external_ref_type = $2 and external_ref = $3
+         union all
+         select ledger_tx_id from ledger_external_ref_claim
+         where tenant_id = $1 and external_ref_type = $2 and external_ref = $3 and ledger_tx_id is not null
+         limit 1",
     )
     .bind(tenant_id)
     .bind(&external_ref.ref_type)

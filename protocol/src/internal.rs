@@ -25,6 +25,37 @@ pub enum ShardRequest {
         tenant_id: Uuid,
         by: TransactionLookup,
     },
+    /// The reply a post or reversal on this shard gave, for a replay decided elsewhere.
+    PostReply {
+        ledger_tx_id: Uuid,
+    },
+}
+
+/// Answers to claims and completions (the body of a 200 [`ShardReply`]). Refusals
+/// (conflict, a replayed rejection) come back as ordinary error replies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "claim", rename_all = "snake_case")]
+pub enum ClaimAnswer {
+    Claimed,
+    /// The key already posted this transaction (on the shard its id names).
+    Replay {
+        ledger_tx_id: Uuid,
+    },
+    /// Another request holds the external reference; posted if the id is known.
+    Held {
+        ledger_tx_id: Option<Uuid>,
+    },
+    Completed,
+}
+
+/// A lookup this shard cannot finish itself: the body `{"redirect": ...}` of a 200 reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Redirect {
+    /// The transaction lives on the shard its id names.
+    Transaction { ledger_tx_id: Uuid },
+    /// The key was claimed here for a request that this shard decided; ask it.
+    KeyOnShard { shard_id: u16 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +86,28 @@ pub struct ShardReply {
 impl ShardReply {
     pub fn ok(body: Value) -> ShardReply {
         ShardReply { status: 200, body }
+    }
+
+    pub fn claim(answer: ClaimAnswer) -> ShardReply {
+        ShardReply::ok(serde_json::to_value(answer).expect("serializes"))
+    }
+
+    pub fn redirect(redirect: Redirect) -> ShardReply {
+        ShardReply::ok(serde_json::json!({ "redirect": redirect }))
+    }
+
+    pub fn as_claim(&self) -> Option<ClaimAnswer> {
+        if self.status != 200 {
+            return None;
+        }
+        serde_json::from_value(self.body.clone()).ok()
+    }
+
+    pub fn as_redirect(&self) -> Option<Redirect> {
+        if self.status != 200 {
+            return None;
+        }
+        serde_json::from_value(self.body.get("redirect")?.clone()).ok()
     }
 
     pub fn rejected(rejection: &ledger_core::rejection::Rejection) -> ShardReply {

@@ -292,6 +292,7 @@ impl PostRequest {
             actor: self.actor,
             reason_code,
             metadata,
+            external_ref_held_by: None,
         };
         command.fingerprint = fingerprint("transactions.post", &command);
         Ok(command)

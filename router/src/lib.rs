@@ -14,11 +14,14 @@ use async_nats::service::ServiceExt;
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use futures::StreamExt;
+use ledger_core::command::{
+    ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, ExternalRef, KeyCompletion, RefCompletion,
+};
 use ledger_core::ids::shard_of_ledger_id;
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::{HashRing, ShardId};
 use ledger_node::config::ClusterConfig;
-use ledger_protocol::internal::{ShardReply, ShardRequest, TransactionLookup};
+use ledger_protocol::internal::{ClaimAnswer, Redirect, ShardReply, ShardRequest, TransactionLookup};
 use ledger_protocol::request::{
     AccountRef, CreateAccountRequest, EmptyRequest, GetTransactionRequest, PostRequest, ReverseRequest, SetStatusRequest,
     StatementRequest, parse,
@@ -34,10 +37,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 pub struct Router {
-    client: async_nats::Client,
+    link: ShardLink,
     config: ClusterConfig,
     ring: HashRing,
-    request_timeout: Duration,
 }
 
 /// Runs a router until `shutdown` resolves.
@@ -56,9 +58,8 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
         .map_err(|e| anyhow::anyhow!("start the ledger service: {e}"))?;
     let in_flight = Arc::new(Semaphore::new(config.limits.router_in_flight_max));
     let router = Arc::new(Router {
-        client: client.clone(),
+        link: ShardLink { client: client.clone(), request_timeout: Duration::from_millis(config.limits.request_timeout_ms) },
         ring: config.ring(),
-        request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
         config,
     });
     let mut endpoints = Vec::new();
@@ -134,7 +135,7 @@ impl Router {
             "accounts.create" => {
                 let command = parse::<CreateAccountRequest>(payload)?.into_command(tenant_id)?;
                 let shard = self.ring.shard_for_account(command.account_id);
-                self.write(shard, ledger_core::command::Command::CreateAccount(command)).await
+                self.write(shard, Command::CreateAccount(command)).await
             }
             "accounts.get" => {
                 let account_id = parse::<AccountRef>(payload)?.resolve(tenant_id)?;
@@ -144,7 +145,7 @@ impl Router {
             "accounts.set_status" => {
                 let command = parse::<SetStatusRequest>(payload)?.into_command(tenant_id)?;
                 let shard = self.ring.shard_for_account(command.account_id);
-                self.write(shard, ledger_core::command::Command::SetStatus(command)).await
+                self.write(shard, Command::SetStatus(command)).await
             }
             "accounts.statement" => {
                 let query = parse::<StatementRequest>(payload)?.into_query(tenant_id)?;
@@ -161,13 +162,13 @@ impl Router {
                         "the accounts live on different shards; cross-shard transactions are not supported yet",
                     ));
                 }
-                let shard = *shards.first().expect("validated: at least two entries");
-                self.write(shard, ledger_core::command::Command::Post(command)).await
+                let target = *shards.first().expect("validated: at least two entries");
+                self.keyed_write(target, Command::Post(command)).await
             }
             "transactions.reverse" => {
                 let command = parse::<ReverseRequest>(payload)?.into_command(tenant_id)?;
-                let shard = self.shard_of_transaction(command.ledger_tx_id).ok_or(Rejection::TransactionNotFound)?;
-                self.write(shard, ledger_core::command::Command::Reverse(command)).await
+                let target = self.shard_of_transaction(command.ledger_tx_id).ok_or(Rejection::TransactionNotFound)?;
+                self.keyed_write(target, Command::Reverse(command)).await
             }
             "transactions.get" => {
                 let lookup = parse::<GetTransactionRequest>(payload)?.into_lookup()?;
@@ -211,25 +212,208 @@ impl Router {
         shard_of_ledger_id(ledger_tx_id).filter(|shard| self.ring.shards().contains(shard))
     }
 
+    /// A lookup by id goes to the shard the id names; by key or reference, to their home
+    /// shard, which answers or names where to ask next.
     async fn get_transaction(&self, tenant_id: Uuid, lookup: TransactionLookup) -> Result<ShardReply, Rejection> {
-        if let TransactionLookup::Id(id) = lookup {
-            let shard = self.shard_of_transaction(id).ok_or(Rejection::TransactionNotFound)?;
-            return Ok(self.send(shard, &ShardRequest::GetTransaction { tenant_id, by: lookup }).await);
+        let first = match &lookup {
+            TransactionLookup::Id(id) => self.shard_of_transaction(*id).ok_or(Rejection::TransactionNotFound)?,
+            TransactionLookup::IdempotencyKey(key) => self.ring.shard_for_key(tenant_id, key),
+            TransactionLookup::ExternalRef(external_ref) => {
+                self.ring.shard_for_key(tenant_id, &external_ref_home_key(external_ref))
+            }
+        };
+        let mut reply = self.link.send(first, &ShardRequest::GetTransaction { tenant_id, by: lookup.clone() }).await;
+        // at most two hops: key home -> deciding shard -> the transaction's shard
+        for _ in 0..2 {
+            let (shard, by) = match reply.as_redirect() {
+                None => return Ok(reply),
+                Some(Redirect::Transaction { ledger_tx_id }) => (
+                    self.shard_of_transaction(ledger_tx_id).ok_or(Rejection::TransactionNotFound)?,
+                    TransactionLookup::Id(ledger_tx_id),
+                ),
+                Some(Redirect::KeyOnShard { shard_id }) => (shard_id, lookup.clone()),
+            };
+            reply = self.link.send(shard, &ShardRequest::GetTransaction { tenant_id, by }).await;
         }
-        // A key or reference is recorded on the shard that posted it: ask them all.
-        let request = ShardRequest::GetTransaction { tenant_id, by: lookup };
-        let asks = self.ring.shards().iter().map(|shard| self.send(*shard, &request));
-        let replies = futures::future::join_all(asks).await;
-        if let Some(found) = replies.iter().find(|r| r.status == 200) {
-            return Ok(found.clone());
-        }
-        if let Some(failed) = replies.into_iter().find(|r| r.status >= 500) {
-            return Ok(failed);
-        }
-        Err(Rejection::TransactionNotFound)
+        Ok(reply.as_redirect().map_or(reply, |_| ShardReply::internal("transaction lookup did not settle")))
     }
 
-    async fn write(&self, shard: ShardId, command: ledger_core::command::Command) -> ShardReply {
+    /// A post or reversal. Its idempotency key (and external reference) must be unique
+    /// across the cluster, so each is claimed on its home shard first when that is not the
+    /// target shard; the target decides and posts exactly once; the homes then learn the
+    /// outcome in the background (a lost completion is harmless: a retry re-asks the target).
+    async fn keyed_write(&self, target: ShardId, mut command: Command) -> ShardReply {
+        let tenant_id = command.tenant_id();
+        let key = command.idempotency_key().expect("posts and reversals carry a key").to_owned();
+        let fingerprint = match &command {
+            Command::Post(c) => c.fingerprint.clone(),
+            Command::Reverse(c) => c.fingerprint.clone(),
+            _ => unreachable!("keyed writes are posts and reversals"),
+        };
+        let key_home = self.ring.shard_for_key(tenant_id, &key);
+        let reference = command.external_ref().cloned();
+        let ref_home = reference.as_ref().map(|r| self.ring.shard_for_key(tenant_id, &external_ref_home_key(r)));
+        let claims = Claims {
+            tenant_id,
+            key,
+            fingerprint,
+            key_home: (key_home != target).then_some(key_home),
+            reference: reference.zip(ref_home).filter(|(_, home)| *home != target),
+        };
+
+        if let Some(home) = claims.key_home {
+            let claim = ClaimKeyCommand {
+                tenant_id,
+                idempotency_key: claims.key.clone(),
+                fingerprint: claims.fingerprint.clone(),
+                target_shard: target,
+            };
+            let answer = self.link.write(home, Command::ClaimKey(claim)).await;
+            match answer.as_claim() {
+                Some(ClaimAnswer::Claimed) => {}
+                Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
+                // a conflict, a replayed rejection, or the home is unavailable
+                _ => return answer,
+            }
+        }
+        if let Some((external_ref, home)) = &claims.reference {
+            let claim = ClaimRefCommand { tenant_id, external_ref: external_ref.clone(), idempotency_key: claims.key.clone() };
+            let answer = self.link.write(*home, Command::ClaimRef(claim)).await;
+            match answer.as_claim() {
+                Some(ClaimAnswer::Claimed) => {}
+                Some(ClaimAnswer::Held { ledger_tx_id: Some(holder) }) => {
+                    if let Command::Post(post) = &mut command {
+                        post.external_ref_held_by = Some(holder);
+                    }
+                }
+                Some(ClaimAnswer::Held { ledger_tx_id: None }) => {
+                    let refused = rejected(Rejection::InProgress);
+                    self.complete(claims.without_reference(), &refused).await;
+                    return refused;
+                }
+                _ => {
+                    self.complete(claims.without_reference(), &answer).await;
+                    return answer;
+                }
+            }
+        }
+        let reply = self.link.write(target, command).await;
+        self.complete(claims, &reply).await;
+        reply
+    }
+
+    /// Records the target's decision on the home shards, in the background.
+    async fn complete(&self, claims: Claims, reply: &ShardReply) {
+        let (key_completion, ref_completion) = match reply.status {
+            200 => {
+                let Some(ledger_tx_id) = reply.body.get("ledger_tx_id").and_then(|v| v.as_str()).and_then(|v| v.parse().ok())
+                else {
+                    return;
+                };
+                (KeyCompletion::Posted { ledger_tx_id }, RefCompletion::Bound { ledger_tx_id })
+            }
+            // the outcome is not known: leave the claims, a retry with the key finishes them
+            status if status >= 500 => return,
+            _ => {
+                let code = reply.error_code().unwrap_or_default();
+                let stored = matches!(reply.status, 409 | 422) && !matches!(code, "IDEMPOTENCY_CONFLICT" | "IN_PROGRESS");
+                let key = if stored {
+                    KeyCompletion::Rejected { status: reply.status, body: reply.body.clone() }
+                } else if code == "IDEMPOTENCY_CONFLICT" {
+                    // the key belongs to another request: not ours to complete
+                    return;
+                } else {
+                    KeyCompletion::Released
+                };
+                (key, RefCompletion::Released)
+            }
+        };
+        // The reference's home learns the outcome before the client does: a second request
+        // with the same reference must see it posted (a duplicate), not still pending.
+        if let Some((external_ref, home)) = claims.reference.clone() {
+            let complete = CompleteRefCommand {
+                tenant_id: claims.tenant_id,
+                external_ref,
+                idempotency_key: claims.key.clone(),
+                completion: ref_completion,
+            };
+            self.link.write(home, Command::CompleteRef(complete)).await;
+        }
+        let Some(home) = claims.key_home else { return };
+        let released = key_completion == KeyCompletion::Released;
+        let complete = CompleteKeyCommand {
+            tenant_id: claims.tenant_id,
+            idempotency_key: claims.key,
+            fingerprint: claims.fingerprint,
+            completion: key_completion,
+        };
+        let link = self.link.clone();
+        let send = async move {
+            link.write(home, Command::CompleteKey(complete)).await;
+        };
+        // A refusal that consumes no key must have freed it before the client hears of it,
+        // or an immediate corrected retry would meet the stale claim. Outcomes that consume
+        // the key can be recorded later: until then the home sends retries to the target,
+        // which replays.
+        if released {
+            send.await;
+        } else {
+            tokio::spawn(send);
+        }
+    }
+
+    async fn replay(&self, ledger_tx_id: Uuid) -> ShardReply {
+        match self.shard_of_transaction(ledger_tx_id) {
+            Some(shard) => self.link.send(shard, &ShardRequest::PostReply { ledger_tx_id }).await,
+            None => ShardReply::internal("a key names a transaction on an unknown shard"),
+        }
+    }
+
+    async fn write(&self, shard: ShardId, command: Command) -> ShardReply {
+        self.link.write(shard, command).await
+    }
+
+    async fn send(&self, shard: ShardId, request: &ShardRequest) -> ShardReply {
+        self.link.send(shard, request).await
+    }
+}
+
+/// What a keyed write claimed on home shards other than its target.
+#[derive(Clone)]
+struct Claims {
+    tenant_id: Uuid,
+    key: String,
+    fingerprint: String,
+    key_home: Option<ShardId>,
+    reference: Option<(ExternalRef, ShardId)>,
+}
+
+impl Claims {
+    fn without_reference(&self) -> Claims {
+        Claims {
+            tenant_id: self.tenant_id,
+            key: self.key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            key_home: self.key_home,
+            reference: None,
+        }
+    }
+}
+
+/// The string whose place on the ring is an external reference's home shard.
+pub fn external_ref_home_key(external_ref: &ExternalRef) -> String {
+    format!("external-ref\u{1f}{}\u{1f}{}", external_ref.ref_type, external_ref.reference)
+}
+
+/// Requests to shards over NATS, with the cluster's timeout.
+#[derive(Clone)]
+struct ShardLink {
+    client: async_nats::Client,
+    request_timeout: Duration,
+}
+
+impl ShardLink {
+    async fn write(&self, shard: ShardId, command: Command) -> ShardReply {
         self.send(shard, &ShardRequest::Write { command }).await
     }
 

@@ -7,4 +7,5 @@ mod errors;
 mod idempotency;
 mod reversal;
 mod service;
+mod sharded;
 mod writer;

@@ -1,0 +1,142 @@
+//! PROTOCOL.md's promises across a 4-shard cluster: an idempotency key and an external
+//! reference are unique per tenant across the cluster, whatever shards the requests touch.
+
+use ledger_core::ring::{HashRing, ShardId};
+use ledger_router::external_ref_home_key;
+use ledger_tests::{Cluster, transfer_body};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Two account codes that live on `shard`.
+fn pair_on(ring: &HashRing, tenant: Uuid, shard: ShardId, tag: &str) -> (String, String) {
+    let mut found = (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .filter(|code| ring.shard_for_account(ledger_core::ids::account_id(tenant, code)) == shard);
+    (found.next().unwrap(), found.next().unwrap())
+}
+
+/// A key whose home is none of `avoid`.
+fn key_homed_away(ring: &HashRing, tenant: Uuid, avoid: &[ShardId], tag: &str) -> String {
+    (0..).map(|i| format!("{tag}-{i}")).find(|key| !avoid.contains(&ring.shard_for_key(tenant, key))).unwrap()
+}
+
+struct Setup {
+    cluster: Cluster,
+    a: (String, String),
+    b: (String, String),
+    shard_a: ShardId,
+    shard_b: ShardId,
+}
+
+async fn setup() -> Setup {
+    let cluster = Cluster::start(4).await;
+    let ring = cluster.config.ring();
+    let (shard_a, shard_b) = (1, 2);
+    let a = pair_on(&ring, cluster.tenant, shard_a, "a");
+    let b = pair_on(&ring, cluster.tenant, shard_b, "b");
+    for code in [&a.0, &a.1, &b.0, &b.1] {
+        cluster.create_account(code, "LIABILITY", "IDR", true).await;
+    }
+    Setup { cluster, a, b, shard_a, shard_b }
+}
+
+async fn transactions_on(cluster: &Cluster, shard: usize) -> i64 {
+    let db = cluster.db(shard).await;
+    let count = sqlx::query_scalar("select count(*) from ledger_transaction").fetch_one(&db).await.unwrap();
+    db.close().await;
+    count
+}
+
+#[tokio::test]
+async fn a_key_is_unique_across_shards() {
+    let Setup { cluster, a, b, shard_a, shard_b } = setup().await;
+    let ring = cluster.config.ring();
+    let key = key_homed_away(&ring, cluster.tenant, &[shard_a, shard_b], "pay");
+
+    let first = cluster.transfer(&key, &a.0, &a.1, 100, "IDR").await.ok();
+    let mut replay = cluster.transfer(&key, &a.0, &a.1, 100, "IDR").await.ok();
+    assert_eq!(replay["replayed"], true);
+    replay["replayed"] = json!(false);
+    assert_eq!(replay, first);
+
+    // the same key, a payload on an entirely different shard: refused, nothing posted there
+    let before = transactions_on(&cluster, shard_b as usize).await;
+    cluster.transfer(&key, &b.0, &b.1, 100, "IDR").await.err("IDEMPOTENCY_CONFLICT", 409);
+    assert_eq!(transactions_on(&cluster, shard_b as usize).await, before);
+    assert_eq!(cluster.balance(&b.1).await, 0);
+
+    // the key finds its transaction, through its home shard
+    let found = cluster.call("transactions.get", json!({"idempotency_key": key})).await.ok();
+    assert_eq!(found["ledger_tx_id"], first["ledger_tx_id"]);
+
+    // concurrent retries of one key whose home is elsewhere still post once
+    let key2 = key_homed_away(&ring, cluster.tenant, &[shard_a], "burst");
+    let asks = (0..30).map(|_| cluster.transfer(&key2, &a.0, &a.1, 7, "IDR"));
+    let replies = futures::future::join_all(asks).await;
+    let ids: std::collections::BTreeSet<String> =
+        replies.into_iter().map(|r| r.ok()["ledger_tx_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(cluster.balance(&a.1).await, 107);
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn a_refusal_that_consumes_no_key_frees_it_everywhere() {
+    let Setup { cluster, a, b, shard_a, shard_b } = setup().await;
+    let ring = cluster.config.ring();
+    let key = key_homed_away(&ring, cluster.tenant, &[shard_a, shard_b], "fix");
+    // 404 on shard A: the key's claim on its home is released before the reply
+    let missing = pair_on(&ring, cluster.tenant, shard_a, "never-created").0;
+    cluster.transfer(&key, &a.0, &missing, 5, "IDR").await.err("ACCOUNT_NOT_FOUND", 404);
+    let posted = cluster.transfer(&key, &b.0, &b.1, 5, "IDR").await.ok();
+    assert_eq!(posted["replayed"], false);
+    // a stored rejection consumes the key, across shards too
+    let key = key_homed_away(&ring, cluster.tenant, &[shard_a, shard_b], "fail");
+    cluster.create_account("strict", "LIABILITY", "IDR", false).await;
+    let strict_shard = ring.shard_for_account(ledger_core::ids::account_id(cluster.tenant, "strict"));
+    let partner = pair_on(&ring, cluster.tenant, strict_shard, "p").0;
+    cluster.create_account(&partner, "LIABILITY", "IDR", true).await;
+    let first = cluster.transfer(&key, "strict", &partner, 5, "IDR").await.err("INSUFFICIENT_FUNDS", 422);
+    let again = cluster.transfer(&key, "strict", &partner, 5, "IDR").await.err("INSUFFICIENT_FUNDS", 422);
+    assert_eq!(first, again);
+    cluster.transfer(&key, &b.0, &b.1, 5, "IDR").await.err("IDEMPOTENCY_CONFLICT", 409);
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn an_external_reference_is_unique_across_shards() {
+    let Setup { cluster, a, b, .. } = setup().await;
+    let ring = cluster.config.ring();
+    let with_ref = |key: &str, from: &str, to: &str, reference: &str| {
+        let mut body = transfer_body(key, from, to, 50, "IDR");
+        body["external_ref"] = json!({"type": "processor_x", "ref": reference});
+        body
+    };
+    // try several references so that their homes fall on, and off, the posting shards
+    for i in 0..6 {
+        let reference = format!("ch_{i}");
+        let home = ring.shard_for_key(
+            cluster.tenant,
+            &external_ref_home_key(&ledger_core::command::ExternalRef {
+                ref_type: "processor_x".into(),
+                reference: reference.clone(),
+            }),
+        );
+        let first = cluster.call("transactions.post", with_ref(&format!("first-{i}"), &a.0, &a.1, &reference)).await.ok();
+        let error = cluster
+            .call("transactions.post", with_ref(&format!("second-{i}"), &b.0, &b.1, &reference))
+            .await
+            .err("DUPLICATE_EXTERNAL_REF", 409);
+        assert_eq!(error["details"]["ledger_tx_id"], first["ledger_tx_id"], "reference home {home}");
+        // the refusal is stored under the second key
+        cluster
+            .call("transactions.post", with_ref(&format!("second-{i}"), &b.0, &b.1, &reference))
+            .await
+            .err("DUPLICATE_EXTERNAL_REF", 409);
+        let found =
+            cluster.call("transactions.get", json!({"external_ref": {"type": "processor_x", "ref": reference}})).await.ok();
+        assert_eq!(found["ledger_tx_id"], first["ledger_tx_id"]);
+    }
+    assert_eq!(cluster.balance(&b.1).await, 0, "no duplicate posted on the other shard");
+    cluster.finish().await;
+}
