@@ -166,7 +166,7 @@ fn store_failure(shard_id: u16, error: store::StoreError) -> ShardReply {
 async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
     let shard_id = runtime.shard_id;
     match request {
-        ShardRequest::Write { command } => write(runtime, command).await,
+        ShardRequest::Write { command } => write(runtime, *command).await,
         ShardRequest::GetAccount { tenant_id, account_id } => {
             match store::account_object(&runtime.pool, tenant_id, account_id).await {
                 Ok(Some(account)) => ShardReply::ok(serde_json::to_value(account).expect("serializes")),

@@ -11,7 +11,7 @@ use uuid::Uuid;
 pub enum ShardRequest {
     /// A write, decided and committed by the shard's single writer.
     Write {
-        command: Command,
+        command: Box<Command>,
     },
     GetAccount {
         tenant_id: Uuid,

@@ -414,7 +414,7 @@ struct ShardLink {
 
 impl ShardLink {
     async fn write(&self, shard: ShardId, command: Command) -> ShardReply {
-        self.send(shard, &ShardRequest::Write { command }).await
+        self.send(shard, &ShardRequest::Write { command: Box::new(command) }).await
     }
 
     async fn send(&self, shard: ShardId, request: &ShardRequest) -> ShardReply {
