@@ -1,5 +1,5 @@
 # Shortcuts; the scripts do the work and can be run directly.
-.PHONY: demo test up down status build clippy
+.PHONY: demo test up down status build clippy bench
 
 demo:   ## set up, start the local cluster, run the demo
 	./scripts/demo.sh
@@ -15,3 +15,5 @@ build:
 	cargo build --bins
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
+bench:  ## naive baseline vs the cluster, same run (see docs/BENCHMARKS.md)
+	./scripts/bench.sh

@@ -204,6 +204,7 @@ impl Router {
                 "virtual_nodes_per_shard": self.ring.params().virtual_nodes_per_shard,
                 "hash": self.config.ring.hash,
                 "points": self.ring.shards().len() as u64 * self.ring.params().virtual_nodes_per_shard as u64,
+                "probes": ledger_core::ring::PROBES,
             },
         })
     }

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Benchmarks, reproducible with `make bench`: the naive PostgreSQL ledger (pgbench) and
+# this cluster, back to back on the same machine, same PostgreSQL, same run.
+#   BENCH_ACCOUNTS   accounts in both ledgers          (default 100000)
+#   BENCH_SECONDS    measured seconds per phase        (default 20)
+#   BENCH_SHARDS     shard counts to measure           (default "1 2 4")
+#   BENCH_MILLION    1 = also load 1,000,000 accounts and report node memory (slow)
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+ensure_all
+ACCOUNTS="${BENCH_ACCOUNTS:-100000}"
+SECONDS_PER_PHASE="${BENCH_SECONDS:-20}"
+SHARD_COUNTS="${BENCH_SHARDS:-1 2 4}"
+OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+BIN="$ROOT/target/release"
+PG="$LEDGER_PG_URL"
+say "building release binaries"
+cargo build -q --release --bins
+
+psql_admin() { psql "$PG/postgres" -v ON_ERROR_STOP=1 -qtA "$@"; }
+
+{
+  echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
+  echo "postgres: $(psql_admin -c 'show server_version') shared_buffers=$(psql_admin -c 'show shared_buffers') synchronous_commit=$(psql_admin -c 'show synchronous_commit') fsync=$(psql_admin -c 'show fsync')"
+  echo "nats-server: $("$NATS_SERVER_BIN" --version)"
+  echo "accounts: $ACCOUNTS, seconds per phase: $SECONDS_PER_PHASE"
+} | tee "$OUT/machine.txt"
+
+# ---- the naive baseline ---------------------------------------------------------------
+say "naive baseline: pgbench, one transfer per database transaction"
+psql_admin -c "drop database if exists ledger_bench_naive with (force)" -c "create database ledger_bench_naive"
+psql "$PG/ledger_bench_naive" -v ON_ERROR_STOP=1 -q -v accounts="$ACCOUNTS" -f bench/naive_schema.sql
+best_naive=0
+: >"$OUT/naive.txt"
+for clients in 4 16 32; do
+  tps=$(pgbench -n -f bench/naive_transfer.sql -D accounts="$ACCOUNTS" -c "$clients" -j 2 -T "$SECONDS_PER_PHASE" "$PG/ledger_bench_naive" 2>&1 |
+        tee -a "$OUT/naive.txt" | awk '/^tps/ {print int($3)}')
+  echo "naive clients=$clients: $tps transfers/s" | tee -a "$OUT/summary.txt"
+  [ "${tps:-0}" -gt "$best_naive" ] && best_naive="$tps"
+done
+naive_bytes=$(psql "$PG/ledger_bench_naive" -qtA -c "select (sum(pg_total_relation_size(c.oid)) / greatest((select count(*) from naive_transaction), 1))::int
+  from pg_class c where c.relname in ('naive_transaction', 'naive_entry') and c.relkind = 'r'")
+echo "naive best: $best_naive transfers/s; bytes on disk per transfer: $naive_bytes" | tee -a "$OUT/summary.txt"
+psql_admin -c "drop database if exists ledger_bench_naive with (force)"
+
+# ---- the cluster ------------------------------------------------------------------------
+config_for() { # shards -> path of a bench config with fresh databases
+  local shards="$1" file="$OUT/cluster-$1.toml" ids=""
+  printf '[cluster]\nname = "bench-%s"\nnats_url = "%s"\n[ring]\nvirtual_nodes_per_shard = 128\n[limits]\nbatch_commands_max = 512\n' \
+    "$shards" "$LEDGER_NATS_URL" >"$file"
+  for i in $(seq 0 $((shards - 1))); do
+    psql_admin -c "drop database if exists ledger_bench_${shards}_s$i with (force)"
+    printf '[[shards]]\nid = %s\ndatabase_url = "%s/ledger_bench_%s_s%s"\npool_size = 4\n' "$i" "$PG" "$shards" "$i" >>"$file"
+    ids="$ids${ids:+, }$i"
+  done
+  printf '[[nodes]]\nname = "node-0"\nshards = [%s]\n' "$ids" >>"$file"
+  echo "$file"
+}
+
+NODE_PID=""; ROUTER_PID=""
+start_cluster() {
+  "$BIN/ledger-node" --config "$1" --node node-0 >"$OUT/node-$2.log" 2>&1 & NODE_PID=$!
+  for _ in $(seq 1 100); do [ "$(grep -c 'shard serving' "$OUT/node-$2.log")" -ge "$2" ] && break; sleep 0.1; done
+  "$BIN/ledger-router" --config "$1" >"$OUT/router-$2.log" 2>&1 & ROUTER_PID=$!
+  for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
+}
+stop_cluster() { kill "$ROUTER_PID" "$NODE_PID" 2>/dev/null || true; wait "$ROUTER_PID" "$NODE_PID" 2>/dev/null || true; }
+trap stop_cluster EXIT
+
+load() { # name, extra args...
+  local name="$1"; shift
+  "$BIN/ledger-load" --nats "$LEDGER_NATS_URL" --tenant "$TENANT" --accounts "$ACCOUNTS" --skip-setup \
+    --duration-s "$SECONDS_PER_PHASE" --warmup-s 5 --name "$name" --out "$OUT/$name.json" --svg "$OUT/$name.svg" --quiet "$@" |
+    tee -a "$OUT/summary.txt"
+}
+rate_of() { python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['phases'][0]['accepted_per_s']))" "$OUT/$1.json"; }
+
+best_ours=0
+for shards in $SHARD_COUNTS; do
+  say "cluster with $shards shard(s)"
+  config="$(config_for "$shards")"
+  start_cluster "$config" "$shards"
+  TENANT="$(python3 -c 'import uuid; print(uuid.uuid4())')"
+  "$BIN/ledger-load" --nats "$LEDGER_NATS_URL" --tenant "$TENANT" --accounts "$ACCOUNTS" --setup-only --quiet |
+    tee -a "$OUT/summary.txt"
+  load "uniform-s$shards-home" --concurrency 256 --keys home
+  uniform=$(rate_of "uniform-s$shards-home")
+  [ "$uniform" -gt "$best_ours" ] && best_ours="$uniform"
+  if [ "$shards" = "$(echo $SHARD_COUNTS | awk '{print $NF}')" ]; then
+    load "uniform-s$shards-random" --concurrency 256 --keys random
+    load "hot-s$shards-home" --concurrency 256 --keys home --workload hot --hot-accounts 10 --hot-share 0.9
+    half=$((uniform / 2))
+    load "open-s$shards-home" --mode open --rate "$((half / 2)),$half,$((half * 3 / 2))" --concurrency 4096 --keys home
+    transfers=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select count(*) from ledger_transaction"; done | awk '{s+=$1} END {print s}')
+    bytes=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select coalesce(sum(pg_total_relation_size(c.oid)),0)
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r', 'p')
+      and (c.relname like 'ledger_transaction%' or c.relname like 'ledger_entry%' or c.relname = 'ledger_idempotency' or c.relname = 'ledger_outbox')"; done | awk '{s+=$1} END {print s}')
+    echo "cluster $shards shards: $transfers transfers on disk, $((bytes / transfers)) bytes per transfer (journal, entries, idempotency, outbox, with indexes)" | tee -a "$OUT/summary.txt"
+    echo "node resident memory after the runs: $(($(ps -o rss= -p "$NODE_PID") / 1024)) MiB" | tee -a "$OUT/summary.txt"
+  fi
+  stop_cluster
+done
+
+if [ "${BENCH_MILLION:-0}" = "1" ]; then
+  say "1,000,000 accounts: node memory"
+  config="$(config_for 4)"
+  start_cluster "$config" 4
+  TENANT="$(python3 -c 'import uuid; print(uuid.uuid4())')"
+  "$BIN/ledger-load" --nats "$LEDGER_NATS_URL" --tenant "$TENANT" --accounts 1000000 --duration-s 10 --warmup-s 2 \
+    --name million --keys home --concurrency 256 --quiet --out "$OUT/million.json" | tee -a "$OUT/summary.txt"
+  echo "node resident memory with 1,000,000 accounts loaded: $(($(ps -o rss= -p "$NODE_PID") / 1024)) MiB (account_cache_max per shard bounds it)" | tee -a "$OUT/summary.txt"
+  stop_cluster
+fi
+
+python3 - "$best_ours" "$best_naive" <<'PY' | tee -a "$OUT/summary.txt"
+import sys
+ours, naive = int(sys.argv[1]), int(sys.argv[2])
+print(f"RATIO uniform single-shard (best over shard counts, keys homed) / naive best: {ours} / {naive} = {ours / max(naive, 1):.2f}x")
+PY
+say "results in $OUT"
