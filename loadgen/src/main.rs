@@ -370,7 +370,7 @@ async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, 
     bar.finish_and_clear();
     let histogram = tally.histogram.lock().await;
     let ok = tally.ok.load(Ordering::Relaxed);
-    let phase = Phase {
+    Phase {
         name,
         mode: format!("{:?}", args.mode).to_lowercase(),
         concurrency: Some(args.concurrency),
@@ -388,8 +388,7 @@ async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, 
             .take(args.duration_s.ceil() as usize)
             .map(|c| c.load(Ordering::Relaxed))
             .collect(),
-    };
-    phase
+    }
 }
 
 fn summary(phase: &Phase) -> String {

@@ -60,8 +60,8 @@ pub fn svg(phases: &[Phase], title: &str) -> String {
     // panel 1: latency percentiles against offered (or accepted) load
     let points: Vec<(f64, &Latency)> =
         phases.iter().map(|p| (p.offered_per_s.unwrap_or(p.accepted_per_s), &p.latency_us)).collect();
-    let series: [(&str, &str, fn(&Latency) -> u64); 3] =
-        [("p50", "#1f77b4", |l| l.p50), ("p99", "#d62728", |l| l.p99), ("p99.9", "#9467bd", |l| l.p999)];
+    type Series = (&'static str, &'static str, fn(&Latency) -> u64);
+    let series: [Series; 3] = [("p50", "#1f77b4", |l| l.p50), ("p99", "#d62728", |l| l.p99), ("p99.9", "#9467bd", |l| l.p999)];
     let x_max = points.iter().map(|p| p.0).fold(1.0, f64::max) * 1.05;
     let y_max = points.iter().map(|p| p.1.p999 as f64 / 1000.0).fold(1.0, f64::max) * 1.1;
     let panel = Panel { left: 70.0, top: 50.0, width: 780.0, height: 230.0, x_max, y_max };
