@@ -167,6 +167,10 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
     let shard_id = runtime.shard_id;
     match request {
         ShardRequest::Write { command } => write(runtime, *command).await,
+        ShardRequest::WriteBatch { commands } => {
+            let replies = futures::future::join_all(commands.into_iter().map(|command| write(runtime, command))).await;
+            ShardReply::ok(serde_json::to_value(replies).expect("serializes"))
+        }
         ShardRequest::GetAccount { tenant_id, account_id } => {
             match store::account_object(&runtime.pool, tenant_id, account_id).await {
                 Ok(Some(account)) => ShardReply::ok(serde_json::to_value(account).expect("serializes")),

@@ -163,6 +163,10 @@ impl ShardState {
                 for reply in replies {
                     let _ = reply.send(Err(WriteFailure::Unavailable(format!("shard {} could not commit", self.shard_id))));
                 }
+                if matches!(error, StoreError::Fenced) {
+                    // Someone else wrote this shard: this writer must never write again.
+                    return Err(format!("shard {} writer fenced off: {error}", self.shard_id).into());
+                }
                 self.recover().await
             }
         }
@@ -257,13 +261,19 @@ impl ShardState {
                 last_commit_seq: plan.next_commit_seq - 1,
                 last_posted_at: if plan.writes.transactions.is_empty() { self.watermark.last_posted_at } else { Some(now) },
             };
-            let mut tx = conn.begin().await?;
-            store::write_batch(&mut tx, &plan.writes, &snapshot, self.watermark, next).await?;
-            if self.faults.fail_next_commit.swap(false, Ordering::SeqCst) {
-                tx.rollback().await?;
-                return Err(StoreError::Corrupt("injected commit failure".into()));
+            let inject_failure = self.faults.fail_next_commit.swap(false, Ordering::SeqCst);
+            if store::needs_transaction(&plan.writes) || inject_failure {
+                let mut tx = conn.begin().await?;
+                store::write_batch(&mut tx, &plan.writes, &snapshot, self.watermark, next).await?;
+                if inject_failure {
+                    tx.rollback().await?;
+                    return Err(StoreError::Corrupt("injected commit failure".into()));
+                }
+                tx.commit().await?;
+            } else {
+                // the whole batch is one statement: one round trip, committed on its own
+                store::write_batch(conn, &plan.writes, &snapshot, self.watermark, next).await?;
             }
-            tx.commit().await?;
             self.watermark = next;
         }
         for (id, state) in snapshot.accounts {

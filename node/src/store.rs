@@ -271,7 +271,14 @@ pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Has
     Ok(originals)
 }
 
-/// Writes a planned batch. Runs inside the writer's transaction; the caller commits.
+/// Whether a batch needs more than the one-statement write (rare commands).
+pub fn needs_transaction(writes: &Writes) -> bool {
+    !writes.accounts.is_empty() || !writes.status_changes.is_empty() || !writes.ref_claims.is_empty()
+}
+
+/// Writes a planned batch. Postings go in ONE statement; the rare rows (new accounts,
+/// status changes, reference claims) go first, in which case the caller must have opened
+/// a transaction (see [`needs_transaction`]).
 pub async fn write_batch(
     conn: &mut PgConnection,
     writes: &Writes,
@@ -279,70 +286,77 @@ pub async fn write_batch(
     previous: Watermark,
     next: Watermark,
 ) -> Result<(), StoreError> {
-    let advanced = sqlx::query(
-        "update ledger_shard set last_commit_seq = $2, last_posted_at = coalesce($3, last_posted_at)
-         where last_commit_seq = $1",
-    )
-    .bind(previous.last_commit_seq)
-    .bind(next.last_commit_seq)
-    .bind(next.last_posted_at)
-    .execute(&mut *conn)
-    .await?;
-    if advanced.rows_affected() != 1 {
-        return Err(StoreError::Fenced);
-    }
     if !writes.accounts.is_empty() {
         insert_accounts(conn, writes).await?;
     }
     if !writes.status_changes.is_empty() {
         insert_status_changes(conn, writes).await?;
     }
-    if !writes.transactions.is_empty() {
-        insert_transactions(conn, writes).await?;
-        insert_entries(conn, writes).await?;
-    }
-    if !writes.keys.is_empty() {
-        upsert_keys(conn, writes).await?;
-    }
     if !writes.ref_claims.is_empty() {
         write_ref_claims(conn, writes).await?;
     }
-    if !writes.external_refs.is_empty() {
-        let x = &writes.external_refs;
-        sqlx::query(
-            "insert into ledger_external_ref (tenant_id, external_ref_type, external_ref, ledger_tx_id)
-             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[])",
-        )
-        .bind(x.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
-        .bind(x.iter().map(|r| r.external_ref.ref_type.as_str()).collect::<Vec<_>>())
-        .bind(x.iter().map(|r| r.external_ref.reference.as_str()).collect::<Vec<_>>())
-        .bind(x.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !writes.reversals.is_empty() {
-        let r = &writes.reversals;
-        sqlx::query(
-            "insert into ledger_reversal (tenant_id, reversed_ledger_tx_id, reversal_ledger_tx_id)
-             select * from unnest($1::uuid[], $2::uuid[], $3::uuid[])",
-        )
-        .bind(r.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
-        .bind(r.iter().map(|r| r.reversed_ledger_tx_id).collect::<Vec<_>>())
-        .bind(r.iter().map(|r| r.reversal_ledger_tx_id).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    if !writes.touched_accounts.is_empty() {
-        update_balances(conn, writes, snapshot).await?;
-    }
-    if !writes.outbox.is_empty() {
-        let o = &writes.outbox;
-        sqlx::query(
-            "insert into ledger_outbox (outbox_id, tenant_id, aggregate_type, aggregate_id, event_type, payload, created_at)
-             select id, tenant, agg_type, agg_id, ev_type, payload::jsonb, created
-             from unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::timestamptz[])
-                  as u(id, tenant, agg_type, agg_id, ev_type, payload, created)",
-        )
+    let t = &writes.transactions;
+    let e = &writes.entries;
+    let k = &writes.keys;
+    let o = &writes.outbox;
+    let x = &writes.external_refs;
+    let r = &writes.reversals;
+    let states: Vec<&AccountState> =
+        writes.touched_accounts.iter().map(|id| snapshot.accounts.get(id).expect("touched accounts are in the snapshot")).collect();
+    let now = t.first().map(|t| t.posted_at).or_else(|| writes.status_changes.first().map(|c| c.changed_at));
+    let result = sqlx::query(include_str!("sql/write_batch.sql"))
+        .bind(previous.last_commit_seq)
+        .bind(next.last_commit_seq)
+        .bind(next.last_posted_at)
+        // transactions
+        .bind(t.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.commit_seq).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.tx_type.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.external_ref.as_ref().map(|x| x.ref_type.as_str())).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.external_ref.as_ref().map(|x| x.reference.as_str())).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.business_ref.as_deref()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.posted_at).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.reason_code.as_deref()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.metadata.to_string()).collect::<Vec<_>>())
+        .bind(t.iter().map(|r| r.reverses_ledger_tx_id).collect::<Vec<_>>())
+        // entries
+        .bind(e.iter().map(|r| r.ledger_entry_id).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.account_id).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.side.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.entry_seq).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.balance_after_minor).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.commit_seq).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.effective_at).collect::<Vec<_>>())
+        .bind(e.iter().map(|r| r.posted_at).collect::<Vec<_>>())
+        // idempotency records
+        .bind(k.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.target_shard.map(i32::from)).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.response_status as i32).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.response_body.as_ref().map(|b| b.to_string())).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(k.iter().map(|r| r.expires_at).collect::<Vec<_>>())
+        // balances
+        .bind(states.iter().map(|s| s.account_id).collect::<Vec<_>>())
+        .bind(states.iter().map(|s| s.balance_minor).collect::<Vec<_>>())
+        .bind(states.iter().map(|s| s.debits_minor).collect::<Vec<_>>())
+        .bind(states.iter().map(|s| s.credits_minor).collect::<Vec<_>>())
+        .bind(states.iter().map(|s| s.version).collect::<Vec<_>>())
+        .bind(states.iter().map(|s| s.last_entry_id).collect::<Vec<_>>())
+        .bind(now)
+        // outbox
         .bind(o.iter().map(|e| e.event_id).collect::<Vec<_>>())
         .bind(o.iter().map(|e| e.tenant_id).collect::<Vec<_>>())
         .bind(o.iter().map(|e| e.aggregate_type).collect::<Vec<_>>())
@@ -350,10 +364,21 @@ pub async fn write_batch(
         .bind(o.iter().map(|e| e.event_type).collect::<Vec<_>>())
         .bind(o.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
         .bind(o.iter().map(|e| e.created_at).collect::<Vec<_>>())
+        // external references and reversals
+        .bind(x.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+        .bind(x.iter().map(|r| r.external_ref.ref_type.as_str()).collect::<Vec<_>>())
+        .bind(x.iter().map(|r| r.external_ref.reference.as_str()).collect::<Vec<_>>())
+        .bind(x.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.reversed_ledger_tx_id).collect::<Vec<_>>())
+        .bind(r.iter().map(|r| r.reversal_ledger_tx_id).collect::<Vec<_>>())
         .execute(&mut *conn)
-        .await?;
+        .await;
+    match result {
+        Err(sqlx::Error::Database(error)) if error.message().contains("watermark moved") => Err(StoreError::Fenced),
+        Err(error) => Err(error.into()),
+        Ok(_) => Ok(()),
     }
-    Ok(())
 }
 
 async fn insert_accounts(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
@@ -420,95 +445,6 @@ async fn insert_status_changes(conn: &mut PgConnection, writes: &Writes) -> Resu
     Ok(())
 }
 
-async fn insert_transactions(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
-    let t = &writes.transactions;
-    sqlx::query(
-        "insert into ledger_transaction (ledger_tx_id, tenant_id, commit_seq, tx_type, idempotency_key, request_fingerprint,
-                external_ref_type, external_ref, business_ref, occurred_at, posted_at, created_by, reason_code, metadata,
-                reverses_ledger_tx_id)
-         select id, tenant, seq, kind, key, fp, ref_type, ref, business_ref, occurred, posted, actor, reason, metadata::jsonb, reverses
-         from unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-                     $10::timestamptz[], $11::timestamptz[], $12::text[], $13::text[], $14::text[], $15::uuid[])
-              as u(id, tenant, seq, kind, key, fp, ref_type, ref, business_ref, occurred, posted, actor, reason, metadata, reverses)",
-    )
-    .bind(t.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.commit_seq).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.tx_type.as_str()).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.external_ref.as_ref().map(|x| x.ref_type.as_str())).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.external_ref.as_ref().map(|x| x.reference.as_str())).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.business_ref.as_deref()).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.posted_at).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.actor.as_str()).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.reason_code.as_deref()).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.metadata.to_string()).collect::<Vec<_>>())
-    .bind(t.iter().map(|r| r.reverses_ledger_tx_id).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-async fn insert_entries(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
-    let e = &writes.entries;
-    sqlx::query(
-        "insert into ledger_entry (ledger_entry_id, ledger_tx_id, tenant_id, account_id, entry_side, amount_minor, currency_code,
-                entry_seq, balance_after_minor, commit_seq, effective_at, posted_at)
-         select * from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::int8[], $7::text[], $8::int4[],
-                              $9::int8[], $10::int8[], $11::timestamptz[], $12::timestamptz[])",
-    )
-    .bind(e.iter().map(|r| r.ledger_entry_id).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.account_id).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.side.as_str()).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.amount_minor).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.currency.as_str()).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.entry_seq).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.balance_after_minor).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.commit_seq).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.effective_at).collect::<Vec<_>>())
-    .bind(e.iter().map(|r| r.posted_at).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Inserts new idempotency records and moves claimed or released ones on. The `where`
-/// keeps a final record final even if a late completion were to reach it.
-async fn upsert_keys(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
-    let k = &writes.keys;
-    sqlx::query(
-        "insert into ledger_idempotency (tenant_id, idempotency_key, request_fingerprint, status, target_shard, ledger_tx_id,
-                response_code, response_body, created_at, updated_at, expires_at)
-         select tenant, key, fp, status, target, tx, nullif(code, 0), body::jsonb, created, created, expires
-         from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::uuid[], $7::int4[], $8::text[],
-                     $9::timestamptz[], $10::timestamptz[])
-              as u(tenant, key, fp, status, target, tx, code, body, created, expires)
-         on conflict (tenant_id, idempotency_key) do update
-            set request_fingerprint = excluded.request_fingerprint, status = excluded.status,
-                target_shard = excluded.target_shard, ledger_tx_id = excluded.ledger_tx_id,
-                response_code = excluded.response_code, response_body = excluded.response_body,
-                updated_at = excluded.updated_at, expires_at = excluded.expires_at
-            where ledger_idempotency.status in ('PROCESSING', 'FAILED_RETRYABLE')",
-    )
-    .bind(k.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.idempotency_key.as_str()).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.target_shard.map(i32::from)).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.ledger_tx_id).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.response_status as i32).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.response_body.as_ref().map(|b| b.to_string())).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.created_at).collect::<Vec<_>>())
-    .bind(k.iter().map(|r| r.expires_at).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
 async fn write_ref_claims(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
     let (released, kept): (Vec<_>, Vec<_>) = writes.ref_claims.iter().partition(|c| c.released);
     if !kept.is_empty() {
@@ -542,33 +478,6 @@ async fn write_ref_claims(conn: &mut PgConnection, writes: &Writes) -> Result<()
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
-}
-
-async fn update_balances(conn: &mut PgConnection, writes: &Writes, snapshot: &Snapshot) -> Result<(), StoreError> {
-    let states: Vec<&AccountState> = writes
-        .touched_accounts
-        .iter()
-        .map(|id| snapshot.accounts.get(id).expect("touched accounts are in the snapshot"))
-        .collect();
-    let now = writes.transactions.first().map(|t| t.posted_at).or_else(|| writes.status_changes.first().map(|c| c.changed_at));
-    sqlx::query(
-        "update account_balance b
-         set balance_minor = u.balance, debits_minor = u.debits, credits_minor = u.credits, version = u.version,
-             last_entry_id = u.last_entry, updated_at = coalesce($7, now())
-         from unnest($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::uuid[])
-              as u(id, balance, debits, credits, version, last_entry)
-         where b.account_id = u.id",
-    )
-    .bind(states.iter().map(|s| s.account_id).collect::<Vec<_>>())
-    .bind(states.iter().map(|s| s.balance_minor).collect::<Vec<_>>())
-    .bind(states.iter().map(|s| s.debits_minor).collect::<Vec<_>>())
-    .bind(states.iter().map(|s| s.credits_minor).collect::<Vec<_>>())
-    .bind(states.iter().map(|s| s.version).collect::<Vec<_>>())
-    .bind(states.iter().map(|s| s.last_entry_id).collect::<Vec<_>>())
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 

@@ -13,6 +13,11 @@ pub enum ShardRequest {
     Write {
         command: Box<Command>,
     },
+    /// Several writes in one message: they reach the writer together, so they commit in
+    /// the same batch; the reply's body is the array of their replies, in order.
+    WriteBatch {
+        commands: Vec<Command>,
+    },
     GetAccount {
         tenant_id: Uuid,
         account_id: Uuid,

@@ -58,7 +58,7 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
         .map_err(|e| anyhow::anyhow!("start the ledger service: {e}"))?;
     let in_flight = Arc::new(Semaphore::new(config.limits.router_in_flight_max));
     let router = Arc::new(Router {
-        link: ShardLink { client: client.clone(), request_timeout: Duration::from_millis(config.limits.request_timeout_ms) },
+        link: ShardLink::new(client.clone(), Duration::from_millis(config.limits.request_timeout_ms), &config),
         ring: config.ring(),
         config,
     });
@@ -406,29 +406,106 @@ pub fn external_ref_home_key(external_ref: &ExternalRef) -> String {
     format!("external-ref\u{1f}{}\u{1f}{}", external_ref.ref_type, external_ref.reference)
 }
 
-/// Requests to shards over NATS, with the cluster's timeout.
+/// Most writes one router puts into one message to a shard.
+pub const WRITE_BATCH_COMMANDS_MAX: usize = 256;
+/// Most write messages one router has outstanding to one shard; while they are out, new
+/// writes queue and leave together in the next message.
+pub const WRITE_BATCHES_IN_FLIGHT_MAX: usize = 4;
+
+struct PendingWrite {
+    command: Command,
+    reply: tokio::sync::oneshot::Sender<ShardReply>,
+}
+
+/// Requests to shards over NATS, with the cluster's timeout. Writes to a shard are
+/// batched: whatever queued while earlier messages were out goes in one message.
 #[derive(Clone)]
 struct ShardLink {
     client: async_nats::Client,
     request_timeout: Duration,
+    writers: Arc<std::collections::HashMap<ShardId, tokio::sync::mpsc::Sender<PendingWrite>>>,
 }
 
 impl ShardLink {
+    fn new(client: async_nats::Client, request_timeout: Duration, config: &ClusterConfig) -> ShardLink {
+        let mut writers = std::collections::HashMap::new();
+        for shard in &config.shards {
+            let (queue, pending) = tokio::sync::mpsc::channel(config.limits.shard_queue_commands_max);
+            writers.insert(shard.id, queue);
+            tokio::spawn(batch_writes(client.clone(), request_timeout, shard.id, pending));
+        }
+        ShardLink { client, request_timeout, writers: Arc::new(writers) }
+    }
+
     async fn write(&self, shard: ShardId, command: Command) -> ShardReply {
-        self.send(shard, &ShardRequest::Write { command: Box::new(command) }).await
+        let Some(queue) = self.writers.get(&shard) else {
+            return ShardReply::internal(&format!("no shard {shard} in the cluster config"));
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if queue.try_send(PendingWrite { command, reply }).is_err() {
+            return ShardReply::unavailable(&format!("too many writes queued for shard {shard}; retry with the same key"));
+        }
+        answer.await.unwrap_or_else(|_| ShardReply::internal("the write batcher stopped"))
     }
 
     async fn send(&self, shard: ShardId, request: &ShardRequest) -> ShardReply {
-        let body = serde_json::to_vec(request).expect("requests serialize");
-        let ask = self.client.request(subject::shard_subject(shard), body.into());
-        match tokio::time::timeout(self.request_timeout, ask).await {
-            Ok(Ok(message)) => serde_json::from_slice(&message.payload)
-                .unwrap_or_else(|error| ShardReply::internal(&format!("malformed shard reply: {error}"))),
-            Ok(Err(error)) => {
-                warn!(shard, %error, "shard request failed");
-                ShardReply::unavailable(&format!("shard {shard} cannot be reached; retry with the same key"))
-            }
-            Err(_) => ShardReply::unavailable(&format!("shard {shard} did not answer in time; retry with the same key")),
+        send(&self.client, self.request_timeout, shard, request).await
+    }
+}
+
+async fn send(client: &async_nats::Client, request_timeout: Duration, shard: ShardId, request: &ShardRequest) -> ShardReply {
+    let body = serde_json::to_vec(request).expect("requests serialize");
+    let ask = client.request(subject::shard_subject(shard), body.into());
+    match tokio::time::timeout(request_timeout, ask).await {
+        Ok(Ok(message)) => serde_json::from_slice(&message.payload)
+            .unwrap_or_else(|error| ShardReply::internal(&format!("malformed shard reply: {error}"))),
+        Ok(Err(error)) => {
+            warn!(shard, %error, "shard request failed");
+            ShardReply::unavailable(&format!("shard {shard} cannot be reached; retry with the same key"))
         }
+        Err(_) => ShardReply::unavailable(&format!("shard {shard} did not answer in time; retry with the same key")),
+    }
+}
+
+/// Drains one shard's write queue into messages of up to [`WRITE_BATCH_COMMANDS_MAX`].
+async fn batch_writes(
+    client: async_nats::Client,
+    request_timeout: Duration,
+    shard: ShardId,
+    mut pending: tokio::sync::mpsc::Receiver<PendingWrite>,
+) {
+    let in_flight = Arc::new(Semaphore::new(WRITE_BATCHES_IN_FLIGHT_MAX));
+    let mut batch = Vec::with_capacity(WRITE_BATCH_COMMANDS_MAX);
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        if pending.recv_many(&mut batch, WRITE_BATCH_COMMANDS_MAX).await == 0 {
+            return;
+        }
+        let writes = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH_COMMANDS_MAX));
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<Command>, Vec<_>) = writes.into_iter().map(|w| (w.command, w.reply)).unzip();
+            let count = commands.len();
+            let request = if count == 1 {
+                ShardRequest::Write { command: Box::new(commands.into_iter().next().expect("one")) }
+            } else {
+                ShardRequest::WriteBatch { commands }
+            };
+            let reply = send(&client, request_timeout, shard, &request).await;
+            let answers: Vec<ShardReply> = if count == 1 {
+                vec![reply]
+            } else {
+                match serde_json::from_value::<Vec<ShardReply>>(reply.body.clone()) {
+                    Ok(answers) if reply.status == 200 && answers.len() == count => answers,
+                    // the whole message failed: every write in it gets that failure
+                    _ if reply.status != 200 => vec![reply; count],
+                    _ => vec![ShardReply::internal("malformed batch reply from the shard"); count],
+                }
+            };
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+            drop(permit);
+        });
     }
 }

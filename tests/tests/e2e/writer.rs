@@ -71,3 +71,19 @@ async fn an_unreachable_shard_answers_shard_unavailable_and_nothing_is_lost() {
     assert_eq!(cluster.balance("alice").await, 200);
     cluster.finish().await;
 }
+
+#[tokio::test]
+async fn a_writer_whose_watermark_moved_stops_writing() {
+    let cluster = Cluster::start(1).await;
+    cluster.create_account("cash", "ASSET", "IDR", false).await;
+    cluster.create_account("alice", "LIABILITY", "IDR", false).await;
+    let db = cluster.db(0).await;
+    // as if another writer had committed behind this one's back
+    sqlx::query("update ledger_shard set last_commit_seq = last_commit_seq + 1").execute(&db).await.unwrap();
+    let before = cluster.footprint().await;
+    cluster.transfer("t2", "cash", "alice", 5, "IDR").await.err("SHARD_UNAVAILABLE", 503);
+    cluster.transfer("t3", "cash", "alice", 5, "IDR").await.err("SHARD_UNAVAILABLE", 503);
+    assert_eq!(cluster.footprint().await, before, "a fenced writer writes nothing");
+    db.close().await;
+    cluster.finish().await;
+}
