@@ -121,7 +121,9 @@ pub async fn run(
         let serve_client = client.clone();
         let serve_runtime = runtime.clone();
         tasks.push(tokio::spawn(async move { serve(serve_client, serve_runtime, subscription).await }));
-        tasks.push(tokio::spawn(outbox::relay(client.clone(), runtime.pool.clone(), *shard_id)));
+        if std::env::var("LEDGER_EXPERIMENT_NO_RELAY").is_err() {
+            tasks.push(tokio::spawn(outbox::relay(client.clone(), runtime.pool.clone(), *shard_id)));
+        }
         info!(node = node_name, shard_id, "shard serving");
     }
     client.flush().await.ok();

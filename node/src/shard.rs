@@ -205,7 +205,16 @@ impl ShardState {
         }
     }
 
+    /// Plans and commits a batch, first optimistically (its keys assumed new, saving a
+    /// round trip), and if a key turns out to be recorded, again with the records loaded.
     async fn decide_and_commit(&mut self, commands: &[Command]) -> Result<Vec<Outcome>, StoreError> {
+        match self.try_decide_and_commit(commands, true).await {
+            Err(StoreError::KeysAlreadyRecorded) => self.try_decide_and_commit(commands, false).await,
+            other => other,
+        }
+    }
+
+    async fn try_decide_and_commit(&mut self, commands: &[Command], optimistic: bool) -> Result<Vec<Outcome>, StoreError> {
         if self.writer.is_none() {
             let (conn, watermark) = open_writer(self.shard_id, &self.database_url)
                 .await
@@ -215,6 +224,7 @@ impl ShardState {
         }
         let conn = self.writer.as_mut().expect("opened above");
         let mut snapshot = Snapshot::default();
+        let started = std::time::Instant::now();
 
         let reversal_targets: Vec<Uuid> =
             commands.iter().filter_map(|c| if let Command::Reverse(r) = c { Some(r.ledger_tx_id) } else { None }).collect();
@@ -241,7 +251,9 @@ impl ShardState {
 
         let keys: Vec<(Uuid, String)> =
             commands.iter().filter_map(|c| c.idempotency_key().map(|k| (c.tenant_id(), k.to_owned()))).collect();
-        if !keys.is_empty() {
+        // Claims and completions need the records; posts and reversals can assume new keys.
+        let keys_assumed_new = optimistic && commands.iter().all(|c| matches!(c, Command::Post(_) | Command::Reverse(_) | Command::CreateAccount(_) | Command::SetStatus(_)));
+        if !keys.is_empty() && !keys_assumed_new {
             snapshot.keys = store::load_keys(&mut *conn, &keys).await?;
         }
         let refs: Vec<_> = commands.iter().filter_map(|c| c.external_ref().map(|r| (c.tenant_id(), r.clone()))).collect();
@@ -254,7 +266,19 @@ impl ShardState {
         let clock = Utc::now().trunc_subsecs(6);
         let now = self.watermark.last_posted_at.map_or(clock, |last| clock.max(last));
         let input = BatchInput { shard_id: self.shard_id, now, next_commit_seq: self.watermark.last_commit_seq + 1 };
+        let prefetched = started.elapsed();
         let plan = plan_batch(input, &mut snapshot, commands, &mut self.ids);
+        let planned = started.elapsed();
+        // A keyed command refused without its key being recorded might have been refused
+        // for a key it reused (which outranks the refusal): decide it with the records.
+        if keys_assumed_new
+            && commands.iter().zip(&plan.outcomes).any(|(command, outcome)| {
+                command.idempotency_key().is_some()
+                    && matches!(outcome, Outcome::Rejected(rejection) if !rejection.is_stored_under_key())
+            })
+        {
+            return Err(StoreError::KeysAlreadyRecorded);
+        }
 
         if !plan.writes.is_empty() {
             let next = Watermark {
@@ -264,7 +288,7 @@ impl ShardState {
             let inject_failure = self.faults.fail_next_commit.swap(false, Ordering::SeqCst);
             if store::needs_transaction(&plan.writes) || inject_failure {
                 let mut tx = conn.begin().await?;
-                store::write_batch(&mut tx, &plan.writes, &snapshot, self.watermark, next).await?;
+                store::write_batch(&mut tx, &plan.writes, &snapshot, self.watermark, next, keys_assumed_new).await?;
                 if inject_failure {
                     tx.rollback().await?;
                     return Err(StoreError::Corrupt("injected commit failure".into()));
@@ -272,13 +296,21 @@ impl ShardState {
                 tx.commit().await?;
             } else {
                 // the whole batch is one statement: one round trip, committed on its own
-                store::write_batch(conn, &plan.writes, &snapshot, self.watermark, next).await?;
+                store::write_batch(conn, &plan.writes, &snapshot, self.watermark, next, keys_assumed_new).await?;
             }
             self.watermark = next;
         }
         for (id, state) in snapshot.accounts {
             self.cache.put(id, state);
         }
+        tracing::debug!(
+            shard_id = self.shard_id,
+            commands = commands.len(),
+            prefetch_us = prefetched.as_micros() as u64,
+            plan_us = (planned - prefetched).as_micros() as u64,
+            write_us = (started.elapsed() - planned).as_micros() as u64,
+            "batch committed"
+        );
         Ok(plan.outcomes)
     }
 }

@@ -38,6 +38,8 @@ pub enum StoreError {
     WrongShard { expected: u16, found: i32 },
     #[error("the shard watermark moved under us: another writer committed to this shard")]
     Fenced,
+    #[error("a key of an optimistically planned batch is already recorded")]
+    KeysAlreadyRecorded,
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
@@ -285,6 +287,7 @@ pub async fn write_batch(
     snapshot: &Snapshot,
     previous: Watermark,
     next: Watermark,
+    keys_assumed_new: bool,
 ) -> Result<(), StoreError> {
     if !writes.accounts.is_empty() {
         insert_accounts(conn, writes).await?;
@@ -372,10 +375,13 @@ pub async fn write_batch(
         .bind(r.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
         .bind(r.iter().map(|r| r.reversed_ledger_tx_id).collect::<Vec<_>>())
         .bind(r.iter().map(|r| r.reversal_ledger_tx_id).collect::<Vec<_>>())
+        .bind(keys_assumed_new)
+        .bind(k.len() as i64)
         .execute(&mut *conn)
         .await;
     match result {
         Err(sqlx::Error::Database(error)) if error.message().contains("watermark moved") => Err(StoreError::Fenced),
+        Err(sqlx::Error::Database(error)) if error.message().contains("already recorded") => Err(StoreError::KeysAlreadyRecorded),
         Err(error) => Err(error.into()),
         Ok(_) => Ok(()),
     }

@@ -2,7 +2,8 @@
 -- caller opened one): the watermark guard, journal, entries, idempotency records,
 -- external references, reversals, balances and outbox. Empty arrays insert nothing.
 -- Every data-modifying CTE runs exactly once; if the guard fails, the final select
--- raises and the whole statement rolls back.
+-- raises and the whole statement rolls back. With $62 (optimistic) the batch was planned
+-- as if all its keys were new: any key already recorded makes the statement raise too.
 with guard as (
     update ledger_shard set last_commit_seq = $2, last_posted_at = coalesce($3, last_posted_at)
     where last_commit_seq = $1
@@ -33,7 +34,8 @@ with guard as (
            target_shard = excluded.target_shard, ledger_tx_id = excluded.ledger_tx_id,
            response_code = excluded.response_code, response_body = excluded.response_body,
            updated_at = excluded.updated_at, expires_at = excluded.expires_at
-       where ledger_idempotency.status in ('PROCESSING', 'FAILED_RETRYABLE')
+       where not $62 and ledger_idempotency.status in ('PROCESSING', 'FAILED_RETRYABLE')
+    returning 1
 ), balances as (
     update account_balance b
     set balance_minor = u.balance, debits_minor = u.debits, credits_minor = u.credits, version = u.version,
@@ -53,4 +55,5 @@ with guard as (
     insert into ledger_reversal (tenant_id, reversed_ledger_tx_id, reversal_ledger_tx_id)
     select * from unnest($59::uuid[], $60::uuid[], $61::uuid[])
 )
-select ledger_require_watermark((select count(*) from guard))
+select ledger_require_watermark((select count(*) from guard)),
+       ledger_require_new_keys($62, (select count(*) from keys), $63)
