@@ -171,11 +171,11 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
         ShardRequest::Write { command } => write(runtime, *command).await,
         ShardRequest::WriteBatch { commands } => {
             let replies = futures::future::join_all(commands.into_iter().map(|command| write(runtime, command))).await;
-            ShardReply::ok(serde_json::to_value(replies).expect("serializes"))
+            ShardReply::ok(&replies)
         }
         ShardRequest::GetAccount { tenant_id, account_id } => {
             match store::account_object(&runtime.pool, tenant_id, account_id).await {
-                Ok(Some(account)) => ShardReply::ok(serde_json::to_value(account).expect("serializes")),
+                Ok(Some(account)) => ShardReply::ok(&account),
                 Ok(None) => ShardReply::rejected(&Rejection::AccountNotFound { account_id: Some(account_id) }),
                 Err(error) => store_failure(shard_id, error),
             }
@@ -187,7 +187,7 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
                 Err(error) => return store_failure(shard_id, error),
             }
             match store::statement(&runtime.pool, tenant_id, &query).await {
-                Ok(statement) => ShardReply::ok(serde_json::to_value(statement).expect("serializes")),
+                Ok(statement) => ShardReply::ok(&statement),
                 Err(error) => store_failure(shard_id, error),
             }
         }
@@ -205,7 +205,7 @@ async fn replay(runtime: &ShardRuntime, ledger_tx_id: Uuid) -> ShardReply {
         store::post_reply(&mut conn, ledger_tx_id).await
     };
     match reply.await {
-        Ok(Some(reply)) => ShardReply::ok(serde_json::to_value(reply).expect("serializes")),
+        Ok(Some(reply)) => ShardReply::ok(&reply),
         Ok(None) => ShardReply::internal("a replayed transaction is missing from the journal"),
         Err(error) => store_failure(runtime.shard_id, error),
     }
@@ -233,7 +233,7 @@ async fn get_transaction(
     }
     let mut conn = runtime.pool.acquire().await?;
     Ok(match store::transaction_object(&mut conn, tenant_id, id).await? {
-        Some(tx) => ShardReply::ok(serde_json::to_value(tx).expect("serializes")),
+        Some(tx) => ShardReply::ok(&tx),
         None => ShardReply::rejected(&Rejection::TransactionNotFound),
     })
 }
@@ -255,13 +255,13 @@ async fn write(runtime: &ShardRuntime, command: Command) -> ShardReply {
         }
     };
     match outcome {
-        Outcome::Posted(posted) => ShardReply::ok(serde_json::to_value(PostReply::new(&posted, false)).expect("serializes")),
+        Outcome::Posted(posted) => ShardReply::ok(&PostReply::new(&posted, false)),
         Outcome::Replay { ledger_tx_id } if is_claim => ShardReply::claim(ClaimAnswer::Replay { ledger_tx_id }),
         Outcome::Replay { ledger_tx_id } => replay(runtime, ledger_tx_id).await,
-        Outcome::ReplayRejection { status, body } => ShardReply { status, body },
+        Outcome::ReplayRejection { status, body } => ShardReply::with_status(status, &body),
         Outcome::Rejected(rejection) => ShardReply::rejected(&rejection),
         Outcome::Account { account_id } => match store::account_object(&runtime.pool, tenant_id, account_id).await {
-            Ok(Some(account)) => ShardReply::ok(serde_json::to_value(account).expect("serializes")),
+            Ok(Some(account)) => ShardReply::ok(&account),
             Ok(None) => ShardReply::internal("a committed account is missing"),
             Err(error) => store_failure(shard_id, error),
         },

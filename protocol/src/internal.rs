@@ -4,6 +4,7 @@
 use ledger_core::command::{Command, ExternalRef};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,46 +82,71 @@ pub enum TransactionLookup {
     ExternalRef(ExternalRef),
 }
 
-/// A shard's answer: the public reply body, and its status (200 or an error status).
+/// A shard's answer: the public reply body, and its status (200 or an error status). The
+/// body stays raw JSON from the shard to the client: a router forwards it unparsed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardReply {
     pub status: u16,
-    pub body: Value,
+    pub body: Box<RawValue>,
+}
+
+fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("replies serialize")
 }
 
 impl ShardReply {
-    pub fn ok(body: Value) -> ShardReply {
-        ShardReply { status: 200, body }
+    pub fn ok<T: Serialize + ?Sized>(body: &T) -> ShardReply {
+        ShardReply { status: 200, body: raw(body) }
+    }
+
+    pub fn with_status(status: u16, body: &Value) -> ShardReply {
+        ShardReply { status, body: raw(body) }
     }
 
     pub fn claim(answer: ClaimAnswer) -> ShardReply {
-        ShardReply::ok(serde_json::to_value(answer).expect("serializes"))
+        ShardReply::ok(&answer)
     }
 
     pub fn redirect(redirect: Redirect) -> ShardReply {
-        ShardReply::ok(serde_json::json!({ "redirect": redirect }))
+        ShardReply::ok(&serde_json::json!({ "redirect": redirect }))
     }
 
     pub fn as_claim(&self) -> Option<ClaimAnswer> {
         if self.status != 200 {
             return None;
         }
-        serde_json::from_value(self.body.clone()).ok()
+        serde_json::from_str(self.body.get()).ok()
     }
 
     pub fn as_redirect(&self) -> Option<Redirect> {
+        #[derive(Deserialize)]
+        struct Redirected {
+            redirect: Redirect,
+        }
         if self.status != 200 {
             return None;
         }
-        serde_json::from_value(self.body.get("redirect")?.clone()).ok()
+        serde_json::from_str::<Redirected>(self.body.get()).ok().map(|r| r.redirect)
+    }
+
+    /// The `ledger_tx_id` of a successful post or reversal reply.
+    pub fn ledger_tx_id(&self) -> Option<Uuid> {
+        #[derive(Deserialize)]
+        struct Posted {
+            ledger_tx_id: Uuid,
+        }
+        if self.status != 200 {
+            return None;
+        }
+        serde_json::from_str::<Posted>(self.body.get()).ok().map(|p| p.ledger_tx_id)
     }
 
     pub fn rejected(rejection: &ledger_core::rejection::Rejection) -> ShardReply {
-        ShardReply { status: rejection.status(), body: rejection.to_body() }
+        ShardReply { status: rejection.status(), body: raw(&rejection.to_body()) }
     }
 
     pub fn error(status: u16, code: &str, message: &str) -> ShardReply {
-        ShardReply { status, body: serde_json::json!({"error": {"code": code, "message": message, "details": {}}}) }
+        ShardReply { status, body: raw(&serde_json::json!({"error": {"code": code, "message": message, "details": {}}})) }
     }
 
     pub fn unavailable(message: &str) -> ShardReply {
@@ -131,7 +157,23 @@ impl ShardReply {
         ShardReply::error(500, "INTERNAL", message)
     }
 
-    pub fn error_code(&self) -> Option<&str> {
-        self.body.get("error")?.get("code")?.as_str()
+    pub fn error_code(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Failed {
+            error: Code,
+        }
+        #[derive(Deserialize)]
+        struct Code {
+            code: String,
+        }
+        if self.status == 200 {
+            return None;
+        }
+        serde_json::from_str::<Failed>(self.body.get()).ok().map(|f| f.error.code)
+    }
+
+    /// The body as a JSON value (for stored rejections, which are kept as JSON).
+    pub fn body_value(&self) -> Value {
+        serde_json::from_str(self.body.get()).unwrap_or(Value::Null)
     }
 }

@@ -102,13 +102,13 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
 
 /// Sends a reply; a failure carries the JSON error body and both NATS service headers.
 async fn respond(request: &async_nats::service::Request, reply: ShardReply) -> Result<(), async_nats::PublishError> {
-    let body = Bytes::from(serde_json::to_vec(&reply.body).expect("json serializes"));
+    let body = Bytes::copy_from_slice(reply.body.get().as_bytes());
     if reply.status == 200 {
         return request.respond(Ok(body)).await;
     }
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Service-Error-Code", reply.status.to_string().as_str());
-    headers.insert("Nats-Service-Error", reply.error_code().unwrap_or("INTERNAL"));
+    headers.insert("Nats-Service-Error", reply.error_code().as_deref().unwrap_or("INTERNAL"));
     request.respond_with_headers(Ok(body), headers).await
 }
 
@@ -182,7 +182,7 @@ impl Router {
         match operation {
             "topology" => {
                 parse::<EmptyRequest>(payload)?;
-                Ok(ShardReply::ok(self.topology()))
+                Ok(ShardReply::ok(&self.topology()))
             }
             _ => Err(Rejection::invalid("subject", format!("unknown operator operation {operation}"))),
         }
@@ -307,19 +307,17 @@ impl Router {
     async fn complete(&self, claims: Claims, reply: &ShardReply) {
         let (key_completion, ref_completion) = match reply.status {
             200 => {
-                let Some(ledger_tx_id) = reply.body.get("ledger_tx_id").and_then(|v| v.as_str()).and_then(|v| v.parse().ok())
-                else {
-                    return;
-                };
+                let Some(ledger_tx_id) = reply.ledger_tx_id() else { return };
                 (KeyCompletion::Posted { ledger_tx_id }, RefCompletion::Bound { ledger_tx_id })
             }
             // the outcome is not known: leave the claims, a retry with the key finishes them
             status if status >= 500 => return,
             _ => {
                 let code = reply.error_code().unwrap_or_default();
-                let stored = matches!(reply.status, 409 | 422) && !matches!(code, "IDEMPOTENCY_CONFLICT" | "IN_PROGRESS");
+                let stored =
+                    matches!(reply.status, 409 | 422) && !matches!(code.as_str(), "IDEMPOTENCY_CONFLICT" | "IN_PROGRESS");
                 let key = if stored {
-                    KeyCompletion::Rejected { status: reply.status, body: reply.body.clone() }
+                    KeyCompletion::Rejected { status: reply.status, body: reply.body_value() }
                 } else if code == "IDEMPOTENCY_CONFLICT" {
                     // the key belongs to another request: not ours to complete
                     return;
@@ -495,7 +493,7 @@ async fn batch_writes(
             let answers: Vec<ShardReply> = if count == 1 {
                 vec![reply]
             } else {
-                match serde_json::from_value::<Vec<ShardReply>>(reply.body.clone()) {
+                match serde_json::from_str::<Vec<ShardReply>>(reply.body.get()) {
                     Ok(answers) if reply.status == 200 && answers.len() == count => answers,
                     // the whole message failed: every write in it gets that failure
                     _ if reply.status != 200 => vec![reply; count],
