@@ -43,13 +43,25 @@ pub fn shard_of_ledger_id(id: Uuid) -> Option<u16> {
     Some(((id.as_u128() >> 64) & 0x0fff) as u16)
 }
 
-/// Ids from the operating system's random source.
-#[derive(Default)]
-pub struct RandomIds;
+/// Ids from a SplitMix64 stream seeded from the operating system's random source: the
+/// random bits need to be unique, not secret, and a system call per id is costly.
+pub struct RandomIds {
+    state: u64,
+}
+
+impl Default for RandomIds {
+    fn default() -> RandomIds {
+        RandomIds { state: Uuid::new_v4().as_u64_pair().0 }
+    }
+}
 
 impl IdSource for RandomIds {
     fn random_bits(&mut self) -> u128 {
-        Uuid::new_v4().as_u128()
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let high = crate::ring::splitmix64(self.state);
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let low = crate::ring::splitmix64(self.state);
+        ((high as u128) << 64) | low as u128
     }
 }
 

@@ -103,7 +103,7 @@ impl Actor for ShardActor {
             flush_scheduled: false,
             batch_commands_max: args.batch_commands_max,
             faults: args.faults,
-            ids: RandomIds,
+            ids: RandomIds::default(),
         })
     }
 

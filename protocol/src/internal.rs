@@ -7,8 +7,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+// Externally tagged: an internally tagged enum would buffer every message before decoding.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ShardRequest {
     /// A write, decided and committed by the shard's single writer.
     Write {
