@@ -168,11 +168,8 @@ fn store_failure(shard_id: u16, error: store::StoreError) -> ShardReply {
 async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
     let shard_id = runtime.shard_id;
     match request {
-        ShardRequest::Write { command } => write(runtime, *command).await,
-        ShardRequest::WriteBatch { commands } => {
-            let replies = futures::future::join_all(commands.into_iter().map(|command| write(runtime, command))).await;
-            ShardReply::ok(&replies)
-        }
+        ShardRequest::Write { command } => write(runtime, vec![*command]).await.pop().expect("one reply per write"),
+        ShardRequest::WriteBatch { commands } => ShardReply::ok(&write(runtime, commands).await),
         ShardRequest::GetAccount { tenant_id, account_id } => {
             match store::account_object(&runtime.pool, tenant_id, account_id).await {
                 Ok(Some(account)) => ShardReply::ok(&account),
@@ -238,22 +235,46 @@ async fn get_transaction(
     })
 }
 
-async fn write(runtime: &ShardRuntime, command: Command) -> ShardReply {
+/// Hands writes to the shard writer in one message, so that they commit in one batch, and
+/// turns each outcome into the reply its caller gets.
+async fn write(runtime: &ShardRuntime, commands: Vec<Command>) -> Vec<ShardReply> {
     let shard_id = runtime.shard_id;
-    let tenant_id = command.tenant_id();
-    let is_claim = matches!(command, Command::ClaimKey(_));
-    let Ok(_permit) = runtime.queue.try_acquire() else {
-        return ShardReply::unavailable(&format!("shard {shard_id} has too many queued writes; retry with the same key"));
+    let count = commands.len();
+    let Ok(_permits) = runtime.queue.try_acquire_many(count as u32) else {
+        let busy = ShardReply::unavailable(&format!("shard {shard_id} has too many queued writes; retry with the same key"));
+        return vec![busy; count];
     };
-    let call = ractor::call_t!(runtime.writer, ShardMsg::Write, runtime.request_timeout.as_millis() as u64, Box::new(command));
-    let outcome = match call {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(WriteFailure::Unavailable(message))) => return ShardReply::unavailable(&message),
-        Err(error) => {
-            warn!(shard_id, %error, "shard writer did not answer");
-            return ShardReply::unavailable(&format!("shard {shard_id} did not answer in time; retry with the same key"));
-        }
-    };
+    let mut writes = Vec::with_capacity(count);
+    let mut waits = Vec::with_capacity(count);
+    let mut asked = Vec::with_capacity(count);
+    for command in commands {
+        let (port, answer) = ractor::concurrency::oneshot();
+        asked.push((command.tenant_id(), matches!(command, Command::ClaimKey(_))));
+        writes.push((command, port.into()));
+        waits.push(answer);
+    }
+    if runtime.writer.cast(ShardMsg::Write(writes)).is_err() {
+        return vec![ShardReply::unavailable(&format!("shard {shard_id} writer is not running; retry with the same key")); count];
+    }
+    let deadline = tokio::time::Instant::now() + runtime.request_timeout;
+    let mut replies = Vec::with_capacity(count);
+    for ((tenant_id, is_claim), answer) in asked.into_iter().zip(waits) {
+        let reply = match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(Ok(outcome))) => reply_for(runtime, tenant_id, is_claim, outcome).await,
+            Ok(Ok(Err(WriteFailure::Unavailable(message)))) => ShardReply::unavailable(&message),
+            Ok(Err(_)) => ShardReply::unavailable(&format!("shard {shard_id} writer stopped; retry with the same key")),
+            Err(_) => {
+                warn!(shard_id, "shard writer did not answer in time");
+                ShardReply::unavailable(&format!("shard {shard_id} did not answer in time; retry with the same key"))
+            }
+        };
+        replies.push(reply);
+    }
+    replies
+}
+
+async fn reply_for(runtime: &ShardRuntime, tenant_id: Uuid, is_claim: bool, outcome: Outcome) -> ShardReply {
+    let shard_id = runtime.shard_id;
     match outcome {
         Outcome::Posted(posted) => ShardReply::ok(&PostReply::new(&posted, false)),
         Outcome::Replay { ledger_tx_id } if is_claim => ShardReply::claim(ClaimAnswer::Replay { ledger_tx_id }),

@@ -40,7 +40,8 @@ pub enum WriteFailure {
 pub type WriteResult = Result<Outcome, WriteFailure>;
 
 pub enum ShardMsg {
-    Write(Box<Command>, RpcReplyPort<WriteResult>),
+    /// Writes that arrived together: they enter the pending batch together.
+    Write(Vec<(Command, RpcReplyPort<WriteResult>)>),
     Flush,
 }
 
@@ -125,8 +126,8 @@ impl Actor for ShardActor {
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ShardMsg::Write(command, reply) => {
-                state.pending.push((*command, reply));
+            ShardMsg::Write(writes) => {
+                state.pending.extend(writes);
                 if !state.flush_scheduled {
                     state.flush_scheduled = true;
                     myself.cast(ShardMsg::Flush)?;
