@@ -40,36 +40,36 @@ pub async fn relay(client: async_nats::Client, pool: PgPool, shard_id: u16) {
 
 async fn relay_once(js: &jetstream::Context, pool: &PgPool) -> anyhow::Result<usize> {
     let rows = sqlx::query(
-        "select outbox_id, tenant_id, event_type, payload::text from ledger_outbox
-         where published_at is null order by created_at, outbox_id limit $1",
+        "select o.event_seq, o.outbox_id, o.tenant_id, o.event_type, o.payload::text
+         from ledger_outbox o, ledger_outbox_cursor c
+         where o.event_seq > c.last_published_event_seq
+         order by o.event_seq limit $1",
     )
     .bind(RELAY_BATCH_EVENTS_MAX)
     .fetch_all(pool)
     .await?;
-    if rows.is_empty() {
-        return Ok(0);
-    }
+    let Some(last) = rows.last() else { return Ok(0) };
+    let last_seq: i64 = last.try_get(0)?;
     let mut acks = Vec::with_capacity(rows.len());
-    let mut ids = Vec::with_capacity(rows.len());
     for row in &rows {
-        let id: Uuid = row.try_get(0)?;
-        let tenant_id: Uuid = row.try_get(1)?;
-        let event_type: String = row.try_get(2)?;
-        let payload: String = row.try_get(3)?;
+        let id: Uuid = row.try_get(1)?;
+        let tenant_id: Uuid = row.try_get(2)?;
+        let event_type: String = row.try_get(3)?;
+        let payload: String = row.try_get(4)?;
         let message = PublishMessage::build().message_id(id.to_string()).payload(payload.into_bytes().into());
         let ack = js
             .send_publish(events_subject(tenant_id, &event_type), message)
             .await
             .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
         acks.push(ack);
-        ids.push(id);
     }
     for ack in acks {
         ack.await.map_err(|e| anyhow::anyhow!("publish ack: {e}"))?;
     }
-    sqlx::query("update ledger_outbox set published_at = now(), attempt_count = attempt_count + 1 where outbox_id = any($1)")
-        .bind(&ids)
+    // only after JetStream acknowledged every event up to it
+    sqlx::query("update ledger_outbox_cursor set last_published_event_seq = $1, updated_at = now() where last_published_event_seq < $1")
+        .bind(last_seq)
         .execute(pool)
         .await?;
-    Ok(ids.len())
+    Ok(rows.len())
 }

@@ -284,6 +284,7 @@ impl ShardState {
         if !plan.writes.is_empty() {
             let next = Watermark {
                 last_commit_seq: plan.next_commit_seq - 1,
+                last_event_seq: self.watermark.last_event_seq + plan.writes.outbox.len() as i64,
                 last_posted_at: if plan.writes.transactions.is_empty() { self.watermark.last_posted_at } else { Some(now) },
             };
             let inject_failure = self.faults.fail_next_commit.swap(false, Ordering::SeqCst);

@@ -77,16 +77,19 @@ pub async fn try_fence(conn: &mut PgConnection, shard_id: u16) -> Result<bool, S
 pub struct Watermark {
     pub last_commit_seq: i64,
     pub last_posted_at: Option<DateTime<Utc>>,
+    /// The last outbox event's number (gap-free per shard, in commit order).
+    pub last_event_seq: i64,
 }
 
 pub async fn watermark(conn: impl PgExecutor<'_>) -> Result<Watermark, StoreError> {
     let row = sqlx::query(
-        "select last_commit_seq, case when last_posted_at = '-infinity' then null else last_posted_at end as last_posted_at
+        "select last_commit_seq, case when last_posted_at = '-infinity' then null else last_posted_at end as last_posted_at,
+                last_event_seq
          from ledger_shard",
     )
     .fetch_one(conn)
     .await?;
-    Ok(Watermark { last_commit_seq: row.try_get(0)?, last_posted_at: row.try_get(1)? })
+    Ok(Watermark { last_commit_seq: row.try_get(0)?, last_posted_at: row.try_get(1)?, last_event_seq: row.try_get(2)? })
 }
 
 fn account_state(row: &PgRow) -> Result<AccountState, StoreError> {
@@ -377,6 +380,8 @@ pub async fn write_batch(
         .bind(r.iter().map(|r| r.reversal_ledger_tx_id).collect::<Vec<_>>())
         .bind(keys_assumed_new)
         .bind(k.len() as i64)
+        .bind((1..=o.len() as i64).map(|i| previous.last_event_seq + i).collect::<Vec<_>>())
+        .bind(next.last_event_seq)
         .execute(&mut *conn)
         .await;
     match result {

@@ -5,7 +5,7 @@
 -- raises and the whole statement rolls back. With $62 (optimistic) the batch was planned
 -- as if all its keys were new: any key already recorded makes the statement raise too.
 with guard as (
-    update ledger_shard set last_commit_seq = $2, last_posted_at = coalesce($3, last_posted_at)
+    update ledger_shard set last_commit_seq = $2, last_posted_at = coalesce($3, last_posted_at), last_event_seq = $65
     where last_commit_seq = $1
     returning 1
 ), transactions as (
@@ -44,10 +44,10 @@ with guard as (
          as u(id, balance, debits, credits, version, last_entry)
     where b.account_id = u.id
 ), outbox as (
-    insert into ledger_outbox (outbox_id, tenant_id, aggregate_type, aggregate_id, event_type, payload, created_at)
-    select id, tenant, agg_type, agg_id, ev_type, payload::jsonb, created
-    from unnest($48::uuid[], $49::uuid[], $50::text[], $51::uuid[], $52::text[], $53::text[], $54::timestamptz[])
-         as u(id, tenant, agg_type, agg_id, ev_type, payload, created)
+    insert into ledger_outbox (outbox_id, tenant_id, aggregate_type, aggregate_id, event_type, payload, created_at, event_seq)
+    select id, tenant, agg_type, agg_id, ev_type, payload::jsonb, created, seq
+    from unnest($48::uuid[], $49::uuid[], $50::text[], $51::uuid[], $52::text[], $53::text[], $54::timestamptz[], $64::int8[])
+         as u(id, tenant, agg_type, agg_id, ev_type, payload, created, seq)
 ), external_refs as (
     insert into ledger_external_ref (tenant_id, external_ref_type, external_ref, ledger_tx_id)
     select * from unnest($55::uuid[], $56::text[], $57::text[], $58::uuid[])

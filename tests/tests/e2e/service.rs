@@ -73,5 +73,24 @@ async fn posted_transactions_reach_the_event_stream() {
     assert_eq!(event["entries"][1]["amount_minor"], 42);
     let msg_id = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned());
     assert_eq!(msg_id.as_deref(), event["event_id"].as_str());
+    // events are numbered gap-free in commit order, and the relay's cursor reaches the last
+    let db = cluster.db(0).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (count, max, cursor, watermark): (i64, i64, i64, i64) = sqlx::query_as(
+            "select (select count(*) from ledger_outbox), (select max(event_seq) from ledger_outbox),
+                    (select last_published_event_seq from ledger_outbox_cursor), (select last_event_seq from ledger_shard)",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        assert_eq!((count, watermark), (max, max), "gap-free, and the watermark names the last event");
+        if cursor == max {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "relay cursor stuck at {cursor} of {max}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    db.close().await;
     cluster.finish().await;
 }
