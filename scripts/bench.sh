@@ -5,9 +5,11 @@
 #   BENCH_SECONDS    measured seconds per phase        (default 20)
 #   BENCH_SHARDS     shard counts to measure           (default "1 2 4")
 #   BENCH_MILLION    1 = also load 1,000,000 accounts and report node memory (slow)
+# It tunes the local PostgreSQL first (scripts/env.sh: tune_postgres) and restarts it.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 ensure_all
+tune_postgres
 ACCOUNTS="${BENCH_ACCOUNTS:-100000}"
 SECONDS_PER_PHASE="${BENCH_SECONDS:-20}"
 SHARD_COUNTS="${BENCH_SHARDS:-1 2 4}"
@@ -22,8 +24,8 @@ psql_admin() { psql "$PG/postgres" -v ON_ERROR_STOP=1 -qtA "$@"; }
 
 {
   echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -sr)"
-  echo "postgres: $(psql_admin -c 'show server_version') shared_buffers=$(psql_admin -c 'show shared_buffers') synchronous_commit=$(psql_admin -c 'show synchronous_commit') fsync=$(psql_admin -c 'show fsync')"
-  echo "nats-server: $("$NATS_SERVER_BIN" --version)"
+  echo "postgres: $(psql_admin -c 'show server_version') shared_buffers=$(psql_admin -c 'show shared_buffers') max_wal_size=$(psql_admin -c 'show max_wal_size') checkpoint_timeout=$(psql_admin -c 'show checkpoint_timeout') synchronous_commit=$(psql_admin -c 'show synchronous_commit') fsync=$(psql_admin -c 'show fsync') full_page_writes=$(psql_admin -c 'show full_page_writes')"
+  echo "nats-server serving $LEDGER_NATS_URL: v$(python3 -c 'import json,socket,sys; u=sys.argv[1].split("//")[-1]; h,p=u.rsplit(":",1); s=socket.create_connection((h,int(p))); print(json.loads(s.recv(65536).decode().split(" ",1)[1])["version"])' "$LEDGER_NATS_URL")"
   echo "accounts: $ACCOUNTS, seconds per phase: $SECONDS_PER_PHASE"
 } | tee "$OUT/machine.txt"
 
@@ -84,14 +86,14 @@ for shards in $SHARD_COUNTS; do
   TENANT="$(python3 -c 'import uuid; print(uuid.uuid4())')"
   "$BIN/ledger-load" --nats "$LEDGER_NATS_URL" --tenant "$TENANT" --accounts "$ACCOUNTS" --setup-only --quiet |
     tee -a "$OUT/summary.txt"
-  load "uniform-s$shards-home" --concurrency 256 --keys home
+  load "uniform-s$shards-home" --concurrency 1024 --keys home
   uniform=$(rate_of "uniform-s$shards-home")
   [ "$uniform" -gt "$best_ours" ] && best_ours="$uniform"
   if [ "$shards" = "$(echo $SHARD_COUNTS | awk '{print $NF}')" ]; then
-    load "uniform-s$shards-random" --concurrency 256 --keys random
-    load "hot-s$shards-home" --concurrency 256 --keys home --workload hot --hot-accounts 10 --hot-share 0.9
+    load "uniform-s$shards-random" --concurrency 1024 --keys random
+    load "hot-s$shards-home" --concurrency 1024 --keys home --workload hot --hot-accounts 10 --hot-share 0.9
     half=$((uniform / 2))
-    load "open-s$shards-home" --mode open --rate "$((half / 2)),$half,$((half * 3 / 2))" --concurrency 4096 --keys home
+    load "open-s$shards-home" --mode open --rate "$((half / 2)),$half,$((half * 3 / 2))" --concurrency 8192 --keys home
     transfers=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select count(*) from ledger_transaction"; done | awk '{s+=$1} END {print s}')
     bytes=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select coalesce(sum(pg_total_relation_size(c.oid)),0)
       from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r', 'p')

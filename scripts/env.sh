@@ -93,6 +93,27 @@ ensure_rust() {
   command -v cargo >/dev/null 2>&1 || { echo "cargo is needed (Rust >= 1.94)" >&2; return 1; }
 }
 
+# Settings of PERF-NOTES.md and the seed's tuning card, durability on: a write-heavy
+# ledger on PostgreSQL's defaults spends its time in forced checkpoints. Used by the
+# benchmark; changes the local server's configuration (ALTER SYSTEM) and restarts it.
+tune_postgres() {
+  local want="shared_buffers=2GB max_wal_size=4GB min_wal_size=1GB checkpoint_timeout=15min wal_buffers=16MB synchronous_commit=on fsync=on full_page_writes=on"
+  local setting name value changed=""
+  for setting in $want; do
+    name="${setting%%=*}"; value="${setting#*=}"
+    if [ "$(psql "$LEDGER_PG_URL/postgres" -tAc "select current_setting('$name')")" != "$value" ]; then
+      psql "$LEDGER_PG_URL/postgres" -qc "alter system set $name = '$value'"
+      changed=1
+    fi
+  done
+  if [ -n "$changed" ]; then
+    say "restarting PostgreSQL with the benchmark settings ($want)"
+    local version; version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1)"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main restart
+    for _ in $(seq 1 30); do pg_ok && break; sleep 1; done
+  fi
+}
+
 ensure_all() {
   ensure_rust
   ensure_postgres

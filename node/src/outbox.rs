@@ -39,12 +39,14 @@ pub async fn relay(client: async_nats::Client, pool: PgPool, shard_id: u16) {
 }
 
 async fn relay_once(js: &jetstream::Context, pool: &PgPool) -> anyhow::Result<usize> {
+    // The cursor is read first and bound as a value: joined in, the planner would walk the
+    // event_seq index from the very first event on every round.
+    let cursor: i64 = sqlx::query_scalar("select last_published_event_seq from ledger_outbox_cursor").fetch_one(pool).await?;
     let rows = sqlx::query(
-        "select o.event_seq, o.outbox_id, o.tenant_id, o.event_type, o.payload::text
-         from ledger_outbox o, ledger_outbox_cursor c
-         where o.event_seq > c.last_published_event_seq
-         order by o.event_seq limit $1",
+        "select event_seq, outbox_id, tenant_id, event_type, payload::text
+         from ledger_outbox where event_seq > $1 order by event_seq limit $2",
     )
+    .bind(cursor)
     .bind(RELAY_BATCH_EVENTS_MAX)
     .fetch_all(pool)
     .await?;
