@@ -69,9 +69,11 @@ async fn relay_once(js: &jetstream::Context, pool: &PgPool) -> anyhow::Result<us
         ack.await.map_err(|e| anyhow::anyhow!("publish ack: {e}"))?;
     }
     // only after JetStream acknowledged every event up to it
-    sqlx::query("update ledger_outbox_cursor set last_published_event_seq = $1, updated_at = now() where last_published_event_seq < $1")
-        .bind(last_seq)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "update ledger_outbox_cursor set last_published_event_seq = $1, updated_at = now() where last_published_event_seq < $1",
+    )
+    .bind(last_seq)
+    .execute(pool)
+    .await?;
     Ok(rows.len())
 }

@@ -121,9 +121,7 @@ pub async fn run(
         let serve_client = client.clone();
         let serve_runtime = runtime.clone();
         tasks.push(tokio::spawn(async move { serve(serve_client, serve_runtime, subscription).await }));
-        if std::env::var("LEDGER_EXPERIMENT_NO_RELAY").is_err() {
-            tasks.push(tokio::spawn(outbox::relay(client.clone(), runtime.pool.clone(), *shard_id)));
-        }
+        tasks.push(tokio::spawn(outbox::relay(client.clone(), runtime.pool.clone(), *shard_id)));
         info!(node = node_name, shard_id, "shard serving");
     }
     client.flush().await.ok();
@@ -257,9 +255,9 @@ async fn write(runtime: &ShardRuntime, commands: Vec<Command>) -> Vec<ShardReply
         return vec![ShardReply::unavailable(&format!("shard {shard_id} writer is not running; retry with the same key")); count];
     }
     let deadline = tokio::time::Instant::now() + runtime.request_timeout;
-    let mut replies = Vec::with_capacity(count);
-    for ((tenant_id, is_claim), answer) in asked.into_iter().zip(waits) {
-        let reply = match tokio::time::timeout_at(deadline, answer).await {
+    // Replies that need a read (replays, account objects) are built concurrently.
+    let replies = asked.into_iter().zip(waits).map(|((tenant_id, is_claim), answer)| async move {
+        match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(Ok(outcome))) => reply_for(runtime, tenant_id, is_claim, outcome).await,
             Ok(Ok(Err(WriteFailure::Unavailable(message)))) => ShardReply::unavailable(&message),
             Ok(Err(_)) => ShardReply::unavailable(&format!("shard {shard_id} writer stopped; retry with the same key")),
@@ -267,10 +265,9 @@ async fn write(runtime: &ShardRuntime, commands: Vec<Command>) -> Vec<ShardReply
                 warn!(shard_id, "shard writer did not answer in time");
                 ShardReply::unavailable(&format!("shard {shard_id} did not answer in time; retry with the same key"))
             }
-        };
-        replies.push(reply);
-    }
-    replies
+        }
+    });
+    futures::future::join_all(replies).await
 }
 
 async fn reply_for(runtime: &ShardRuntime, tenant_id: Uuid, is_claim: bool, outcome: Outcome) -> ShardReply {

@@ -253,14 +253,16 @@ impl ShardState {
         let keys: Vec<(Uuid, String)> =
             commands.iter().filter_map(|c| c.idempotency_key().map(|k| (c.tenant_id(), k.to_owned()))).collect();
         // Claims and completions need the records; posts and reversals can assume new keys.
-        let keys_assumed_new = optimistic && commands.iter().all(|c| matches!(c, Command::Post(_) | Command::Reverse(_) | Command::CreateAccount(_) | Command::SetStatus(_)));
+        let keys_assumed_new = optimistic
+            && commands
+                .iter()
+                .all(|c| matches!(c, Command::Post(_) | Command::Reverse(_) | Command::CreateAccount(_) | Command::SetStatus(_)));
         if !keys.is_empty() && !keys_assumed_new {
             snapshot.keys = store::load_keys(&mut *conn, &keys).await?;
         }
         let refs: Vec<_> = commands.iter().filter_map(|c| c.external_ref().map(|r| (c.tenant_id(), r.clone()))).collect();
         if !refs.is_empty() {
-            snapshot.external_refs = store::load_external_refs(&mut *conn, &refs).await?;
-            snapshot.ref_claims = store::load_ref_claims(&mut *conn, &refs).await?;
+            (snapshot.external_refs, snapshot.ref_claims) = store::load_ref_holders(&mut *conn, &refs).await?;
         }
 
         // Posting time never goes backwards on a shard, so commit order and time agree.

@@ -173,56 +173,43 @@ pub async fn load_keys(
     Ok(found)
 }
 
-pub async fn load_external_refs(
+/// Who holds each external reference on this shard, in one round trip: transactions
+/// posted here that use it, and claims of references whose home is this shard.
+pub async fn load_ref_holders(
     conn: impl PgExecutor<'_>,
     refs: &[(Uuid, ExternalRef)],
-) -> Result<HashMap<(Uuid, ExternalRef), Uuid>, StoreError> {
+) -> Result<(HashMap<(Uuid, ExternalRef), Uuid>, HashMap<(Uuid, ExternalRef), RefClaim>), StoreError> {
     let tenants: Vec<Uuid> = refs.iter().map(|r| r.0).collect();
     let types: Vec<&str> = refs.iter().map(|r| r.1.ref_type.as_str()).collect();
     let names: Vec<&str> = refs.iter().map(|r| r.1.reference.as_str()).collect();
     let rows = sqlx::query(
-        "select x.tenant_id, x.external_ref_type, x.external_ref, x.ledger_tx_id
+        "with wanted as (select * from unnest($1::uuid[], $2::text[], $3::text[]) as k(tenant_id, ref_type, ref))
+         select x.tenant_id, x.external_ref_type, x.external_ref, null::text as claimed_by, x.ledger_tx_id
          from ledger_external_ref x
-         join unnest($1::uuid[], $2::text[], $3::text[]) as k(tenant_id, ref_type, ref)
-           on x.tenant_id = k.tenant_id and x.external_ref_type = k.ref_type and x.external_ref = k.ref",
-    )
-    .bind(&tenants)
-    .bind(&types)
-    .bind(&names)
-    .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|row| {
-            let external_ref = ExternalRef { ref_type: row.try_get(1)?, reference: row.try_get(2)? };
-            Ok(((row.try_get(0)?, external_ref), row.try_get(3)?))
-        })
-        .collect()
-}
-
-pub async fn load_ref_claims(
-    conn: impl PgExecutor<'_>,
-    refs: &[(Uuid, ExternalRef)],
-) -> Result<HashMap<(Uuid, ExternalRef), RefClaim>, StoreError> {
-    let tenants: Vec<Uuid> = refs.iter().map(|r| r.0).collect();
-    let types: Vec<&str> = refs.iter().map(|r| r.1.ref_type.as_str()).collect();
-    let names: Vec<&str> = refs.iter().map(|r| r.1.reference.as_str()).collect();
-    let rows = sqlx::query(
-        "select c.tenant_id, c.external_ref_type, c.external_ref, c.idempotency_key, c.ledger_tx_id
+         join wanted k on x.tenant_id = k.tenant_id and x.external_ref_type = k.ref_type and x.external_ref = k.ref
+         union all
+         select c.tenant_id, c.external_ref_type, c.external_ref, c.idempotency_key, c.ledger_tx_id
          from ledger_external_ref_claim c
-         join unnest($1::uuid[], $2::text[], $3::text[]) as k(tenant_id, ref_type, ref)
-           on c.tenant_id = k.tenant_id and c.external_ref_type = k.ref_type and c.external_ref = k.ref",
+         join wanted k on c.tenant_id = k.tenant_id and c.external_ref_type = k.ref_type and c.external_ref = k.ref",
     )
     .bind(&tenants)
     .bind(&types)
     .bind(&names)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            let external_ref = ExternalRef { ref_type: row.try_get(1)?, reference: row.try_get(2)? };
-            Ok(((row.try_get(0)?, external_ref), RefClaim { owner_key: row.try_get(3)?, ledger_tx_id: row.try_get(4)? }))
-        })
-        .collect()
+    let (mut posted, mut claims) = (HashMap::new(), HashMap::new());
+    for row in &rows {
+        let id = (row.try_get(0)?, ExternalRef { ref_type: row.try_get(1)?, reference: row.try_get(2)? });
+        match row.try_get::<Option<String>, _>(3)? {
+            None => {
+                posted.insert(id, row.try_get(4)?);
+            }
+            Some(owner_key) => {
+                claims.insert(id, RefClaim { owner_key, ledger_tx_id: row.try_get(4)? });
+            }
+        }
+    }
+    Ok((posted, claims))
 }
 
 fn entry_command(row: &PgRow) -> Result<EntryCommand, StoreError> {
@@ -307,8 +294,11 @@ pub async fn write_batch(
     let o = &writes.outbox;
     let x = &writes.external_refs;
     let r = &writes.reversals;
-    let states: Vec<&AccountState> =
-        writes.touched_accounts.iter().map(|id| snapshot.accounts.get(id).expect("touched accounts are in the snapshot")).collect();
+    let states: Vec<&AccountState> = writes
+        .touched_accounts
+        .iter()
+        .map(|id| snapshot.accounts.get(id).expect("touched accounts are in the snapshot"))
+        .collect();
     let now = t.first().map(|t| t.posted_at).or_else(|| writes.status_changes.first().map(|c| c.changed_at));
     let result = sqlx::query(include_str!("sql/write_batch.sql"))
         .bind(previous.last_commit_seq)
