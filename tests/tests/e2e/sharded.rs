@@ -140,3 +140,52 @@ async fn an_external_reference_is_unique_across_shards() {
     assert_eq!(cluster.balance(&b.1).await, 0, "no duplicate posted on the other shard");
     cluster.finish().await;
 }
+
+#[tokio::test]
+async fn a_reference_claimed_by_an_unfinished_request_answers_in_progress() {
+    let Setup { cluster, a, b, shard_a, shard_b } = setup().await;
+    let ring = cluster.config.ring();
+    // a reference whose home is neither posting shard
+    let reference = (0..)
+        .map(|i| format!("pending-{i}"))
+        .find(|r| {
+            let home = ring.shard_for_key(
+                cluster.tenant,
+                &external_ref_home_key(&ledger_core::command::ExternalRef { ref_type: "psp".into(), reference: r.clone() }),
+            );
+            home != shard_a && home != shard_b
+        })
+        .unwrap();
+    let home = ring.shard_for_key(
+        cluster.tenant,
+        &external_ref_home_key(&ledger_core::command::ExternalRef { ref_type: "psp".into(), reference: reference.clone() }),
+    );
+    // a request that claimed the reference on its home shard and then died before posting
+    let claim = json!({"write": {"command": {"ClaimRef": {
+        "tenant_id": cluster.tenant, "external_ref": {"type": "psp", "ref": reference}, "idempotency_key": "crashed"
+    }}}});
+    let answer = cluster
+        .client
+        .request(ledger_protocol_subject(home), serde_json::to_vec(&claim).unwrap().into())
+        .await
+        .expect("the home shard answers");
+    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(answer["body"]["claim"], "claimed", "{answer}");
+
+    let mut body = transfer_body("second", &b.0, &b.1, 5, "IDR");
+    body["external_ref"] = json!({"type": "psp", "ref": reference});
+    cluster.call("transactions.post", body.clone()).await.err("IN_PROGRESS", 409);
+    // IN_PROGRESS consumes no key: the same key posts once the payload no longer names the reference
+    cluster.transfer("second", &b.0, &b.1, 5, "IDR").await.ok();
+    // and the crashed request, retried with its key, finishes and holds the reference
+    let mut crashed = transfer_body("crashed", &a.0, &a.1, 5, "IDR");
+    crashed["external_ref"] = json!({"type": "psp", "ref": reference});
+    let posted = cluster.call("transactions.post", crashed).await.ok();
+    let found = cluster.call("transactions.get", json!({"external_ref": {"type": "psp", "ref": reference}})).await.ok();
+    assert_eq!(found["ledger_tx_id"], posted["ledger_tx_id"]);
+    cluster.finish().await;
+}
+
+fn ledger_protocol_subject(shard: ShardId) -> String {
+    format!("ledger.internal.v1.shard.{shard}")
+}
