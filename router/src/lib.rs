@@ -241,8 +241,8 @@ impl Router {
 
     /// A post or reversal. Its idempotency key (and external reference) must be unique
     /// across the cluster, so each is claimed on its home shard first when that is not the
-    /// target shard; the target decides and posts exactly once; the homes then learn the
-    /// outcome in the background (a lost completion is harmless: a retry re-asks the target).
+    /// target shard; the target decides and posts exactly once; then the homes learn the
+    /// outcome ([`Router::complete`] says which completions wait and which do not).
     async fn keyed_write(&self, target: ShardId, mut command: Command) -> ShardReply {
         let tenant_id = command.tenant_id();
         let key = command.idempotency_key().expect("posts and reversals carry a key").to_owned();
@@ -303,7 +303,8 @@ impl Router {
         reply
     }
 
-    /// Records the target's decision on the home shards, in the background.
+    /// Records the target's decision on the home shards: a reference binding or release and
+    /// a key release before the client hears the outcome, a consumed key in the background.
     async fn complete(&self, claims: Claims, reply: &ShardReply) {
         let (key_completion, ref_completion) = match reply.status {
             200 => {
