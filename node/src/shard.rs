@@ -39,6 +39,11 @@ pub enum WriteFailure {
 
 pub type WriteResult = Result<Outcome, WriteFailure>;
 
+/// Another session holds the shard's fence: this writer must not run.
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0} is owned by another writer (its fence lock is held)")]
+pub struct OwnedElsewhere(pub u16);
+
 pub enum ShardMsg {
     /// Writes that arrived together: they enter the pending batch together.
     Write(Vec<(Command, RpcReplyPort<WriteResult>)>),
@@ -80,7 +85,7 @@ async fn open_writer(shard_id: u16, database_url: &str) -> Result<(PgConnection,
     let mut conn = PgConnection::connect(database_url).await?;
     store::prepare_shard(&mut conn, shard_id).await?;
     if !store::try_fence(&mut conn, shard_id).await? {
-        return Err(format!("shard {shard_id} is owned by another writer (its fence lock is held)").into());
+        return Err(OwnedElsewhere(shard_id).into());
     }
     let watermark = store::watermark(&mut conn).await?;
     Ok((conn, watermark))
@@ -198,7 +203,7 @@ impl ShardState {
             // with SHARD_UNAVAILABLE until the database is back.
             Err(error) => {
                 warn!(shard_id = self.shard_id, %error, "cannot reopen the shard writer");
-                if error.to_string().contains("owned by another writer") {
+                if error.downcast_ref::<OwnedElsewhere>().is_some() {
                     return Err(error);
                 }
                 Ok(())
@@ -217,9 +222,8 @@ impl ShardState {
 
     async fn try_decide_and_commit(&mut self, commands: &[Command], optimistic: bool) -> Result<Vec<Outcome>, StoreError> {
         if self.writer.is_none() {
-            let (conn, watermark) = open_writer(self.shard_id, &self.database_url)
-                .await
-                .map_err(|e| StoreError::Corrupt(format!("writer unavailable: {e}")))?;
+            let (conn, watermark) =
+                open_writer(self.shard_id, &self.database_url).await.map_err(|e| StoreError::WriterDown(e.to_string()))?;
             self.writer = Some(conn);
             self.watermark = watermark;
         }
@@ -253,10 +257,8 @@ impl ShardState {
         let keys: Vec<(Uuid, String)> =
             commands.iter().filter_map(|c| c.idempotency_key().map(|k| (c.tenant_id(), k.to_owned()))).collect();
         // Claims and completions need the records; posts and reversals can assume new keys.
-        let keys_assumed_new = optimistic
-            && commands
-                .iter()
-                .all(|c| matches!(c, Command::Post(_) | Command::Reverse(_) | Command::CreateAccount(_) | Command::SetStatus(_)));
+        let keys_assumed_new =
+            optimistic && !commands.iter().any(|c| matches!(c, Command::ClaimKey(_) | Command::CompleteKey(_)));
         if !keys.is_empty() && !keys_assumed_new {
             snapshot.keys = store::load_keys(&mut *conn, &keys).await?;
         }

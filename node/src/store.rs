@@ -42,6 +42,8 @@ pub enum StoreError {
     KeysAlreadyRecorded,
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    #[error("the shard writer is not connected: {0}")]
+    WriterDown(String),
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -415,8 +417,8 @@ async fn insert_accounts(conn: &mut PgConnection, writes: &Writes) -> Result<(),
 
 async fn insert_status_changes(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
     let s = &writes.status_changes;
-    // One change per account per batch at most reaches this update: later ones in the
-    // same batch see the earlier one's state, so apply them in order, one statement each.
+    // Status changes are rare and several may touch one account in a batch: apply them in
+    // order, one statement each, so the last one wins as it did in the plan.
     for change in s {
         sqlx::query(
             "update ledger_account set status = $2,

@@ -135,22 +135,22 @@ impl Router {
             "accounts.create" => {
                 let command = parse::<CreateAccountRequest>(payload)?.into_command(tenant_id)?;
                 let shard = self.ring.shard_for_account(command.account_id);
-                self.write(shard, Command::CreateAccount(command)).await
+                self.link.write(shard, Command::CreateAccount(command)).await
             }
             "accounts.get" => {
                 let account_id = parse::<AccountRef>(payload)?.resolve(tenant_id)?;
                 let shard = self.ring.shard_for_account(account_id);
-                self.send(shard, &ShardRequest::GetAccount { tenant_id, account_id }).await
+                self.link.send(shard, &ShardRequest::GetAccount { tenant_id, account_id }).await
             }
             "accounts.set_status" => {
                 let command = parse::<SetStatusRequest>(payload)?.into_command(tenant_id)?;
                 let shard = self.ring.shard_for_account(command.account_id);
-                self.write(shard, Command::SetStatus(command)).await
+                self.link.write(shard, Command::SetStatus(command)).await
             }
             "accounts.statement" => {
                 let query = parse::<StatementRequest>(payload)?.into_query(tenant_id)?;
                 let shard = self.ring.shard_for_account(query.account_id);
-                self.send(shard, &ShardRequest::Statement { tenant_id, query }).await
+                self.link.send(shard, &ShardRequest::Statement { tenant_id, query }).await
             }
             "transactions.post" => {
                 let command = parse::<PostRequest>(payload)?.into_command(tenant_id)?;
@@ -367,14 +367,6 @@ impl Router {
             Some(shard) => self.link.send(shard, &ShardRequest::PostReply { ledger_tx_id }).await,
             None => ShardReply::internal("a key names a transaction on an unknown shard"),
         }
-    }
-
-    async fn write(&self, shard: ShardId, command: Command) -> ShardReply {
-        self.link.write(shard, command).await
-    }
-
-    async fn send(&self, shard: ShardId, request: &ShardRequest) -> ShardReply {
-        self.link.send(shard, request).await
     }
 }
 
