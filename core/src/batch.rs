@@ -10,13 +10,17 @@
 
 use crate::account::{AccountState, AccountStatus, EntryEffect};
 use crate::command::{
-    ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand, EntryCommand,
+    ClaimKeyCommand, ClaimRefCommand, Command, SagaStepCommand, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand, EntryCommand,
     ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SetStatusCommand,
 };
 use crate::currency::Currency;
 use crate::ids::IdSource;
 use crate::money::Side;
 use crate::rejection::Rejection;
+use crate::saga::{
+    CLEARING_ACCOUNT_TYPE, LegEntry, SagaRecord, SagaState, StepAction, TX_TYPE_SAGA_COMPENSATION,
+    clearing_account_code, clearing_entries,
+};
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
@@ -43,6 +47,10 @@ pub enum KeyOutcome {
     },
     /// Released: the request that claimed it was refused without consuming the key.
     Retryable,
+    /// Claimed on this (home) shard by the saga with this id, still running.
+    SagaRunning {
+        saga_id: Uuid,
+    },
 }
 
 /// The stored status of an idempotency record (`ledger_idempotency.status`).
@@ -87,6 +95,8 @@ pub struct OriginalTx {
     pub tx_type: String,
     pub business_ref: Option<String>,
     pub entries: Vec<EntryCommand>,
+    /// The `entry_seq` of each entry (1..=n, except in the legs of a saga).
+    pub seqs: Vec<i32>,
     pub reversed_by: Option<Uuid>,
 }
 
@@ -100,6 +110,8 @@ pub struct Snapshot {
     /// References whose home is this shard, claimed for transactions posted elsewhere.
     pub ref_claims: HashMap<(Uuid, ExternalRef), RefClaim>,
     pub originals: HashMap<Uuid, OriginalTx>,
+    /// Saga logs whose home is this shard.
+    pub sagas: HashMap<Uuid, SagaRecord>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -154,8 +166,17 @@ pub enum Outcome {
     RefHeld {
         ledger_tx_id: Option<Uuid>,
     },
-    /// A completion was recorded (or had been already).
+    /// A completion was recorded (or had been already); also a saga step that posts
+    /// nothing (a reversal claim, an undo of a step that never posted).
     Completed,
+    /// A saga was opened: its log as written, with its id.
+    SagaBegun(Box<SagaRecord>),
+    /// The key belongs to a saga that is still running.
+    SagaInFlight {
+        saga_id: Uuid,
+    },
+    /// A saga log as stored after a progress record.
+    Saga(Box<SagaRecord>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -271,6 +292,8 @@ pub struct Writes {
     /// At most one row per reference, like `keys`.
     pub ref_claims: Vec<RefClaimRow>,
     pub reversals: Vec<ReversalRow>,
+    /// Saga logs to insert or update, at most one row per saga.
+    pub sagas: Vec<SagaRecord>,
     /// Accounts whose balance or status changed; their final state is in the snapshot.
     pub touched_accounts: BTreeSet<Uuid>,
     pub outbox: Vec<OutboxRow>,
@@ -283,6 +306,7 @@ impl Writes {
             && self.transactions.is_empty()
             && self.keys.is_empty()
             && self.ref_claims.is_empty()
+            && self.sagas.is_empty()
             && self.touched_accounts.is_empty()
     }
 }
@@ -309,12 +333,23 @@ pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Comman
             Command::CompleteKey(c) => planner.complete_key(c),
             Command::ClaimRef(c) => planner.claim_ref(c),
             Command::CompleteRef(c) => planner.complete_ref(c),
+            Command::BeginSaga(c) => planner.begin_saga(&c.record),
+            Command::SagaProgress(c) => planner.saga_progress(&c.record),
+            Command::SagaStep(c) => planner.saga_step(c),
         })
         .collect();
     let mut writes = planner.writes;
     keep_last_by(&mut writes.keys, |row| (row.tenant_id, row.idempotency_key.clone()));
     keep_last_by(&mut writes.ref_claims, |row| (row.tenant_id, row.external_ref.clone()));
+    keep_last_by(&mut writes.sagas, |row| row.saga_id);
     BatchPlan { outcomes, writes, next_commit_seq: planner.next_commit_seq }
+}
+
+/// Whether a refusal with this status and body is remembered under its key (PROTOCOL.md:
+/// 409 and 422, except the refusals that concern the key itself).
+fn rejection_is_stored(status: u16, body: &Value) -> bool {
+    let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or_default();
+    matches!(status, 409 | 422) && !matches!(code, "IDEMPOTENCY_CONFLICT" | "IN_PROGRESS")
 }
 
 /// Keeps the last row for each key, in order: one set-based upsert may touch a row once.
@@ -345,6 +380,10 @@ struct Accepted<'c> {
     fingerprint: &'c str,
     tx_type: &'c str,
     entries: &'c [EntryCommand],
+    /// The entries' `entry_seq`s; empty for 1..=n.
+    entry_seqs: &'c [i32],
+    /// The id a saga leg shares with its saga; `None` mints one.
+    ledger_tx_id: Option<Uuid>,
     effects: Vec<EntryEffect>,
     external_ref: Option<&'c ExternalRef>,
     business_ref: Option<&'c String>,
@@ -452,6 +491,7 @@ impl<I: IdSource> Planner<'_, I> {
         match &record.outcome {
             KeyOutcome::Retryable => None,
             _ if !same => Some(Outcome::Rejected(Rejection::IdempotencyConflict)),
+            KeyOutcome::SagaRunning { saga_id } => Some(Outcome::SagaInFlight { saga_id: *saga_id }),
             KeyOutcome::Processing { .. } => None,
             KeyOutcome::Posted { ledger_tx_id } => Some(Outcome::Replay { ledger_tx_id: *ledger_tx_id }),
             KeyOutcome::Rejected { status, body } => Some(Outcome::ReplayRejection { status: *status, body: body.clone() }),
@@ -464,6 +504,7 @@ impl<I: IdSource> Planner<'_, I> {
             KeyOutcome::Rejected { status, body } => (KeyStatus::FailedFinal, None, None, *status, Some(body.clone())),
             KeyOutcome::Processing { target_shard } => (KeyStatus::Processing, Some(*target_shard), None, 0, None),
             KeyOutcome::Retryable => (KeyStatus::FailedRetryable, None, None, 0, None),
+            KeyOutcome::SagaRunning { saga_id } => (KeyStatus::Processing, None, Some(*saga_id), 0, None),
         };
         self.writes.keys.push(KeyRow {
             tenant_id,
@@ -645,6 +686,8 @@ impl<I: IdSource> Planner<'_, I> {
             fingerprint,
             tx_type: &command.tx_type,
             entries: &command.entries,
+            entry_seqs: &[],
+            ledger_tx_id: None,
             effects,
             external_ref: command.external_ref.as_ref(),
             business_ref: command.business_ref.as_ref(),
@@ -676,6 +719,7 @@ impl<I: IdSource> Planner<'_, I> {
         let mirrored: Vec<EntryCommand> =
             original.entries.iter().map(|e| EntryCommand { side: e.side.opposite(), ..e.clone() }).collect();
         let business_ref = original.business_ref.clone();
+        let seqs = original.seqs.clone();
         let effects = match self.effects(tenant_id, &mirrored, false) {
             Ok(effects) => effects,
             Err(rejection) => return self.refuse(tenant_id, key, fingerprint, rejection),
@@ -686,6 +730,8 @@ impl<I: IdSource> Planner<'_, I> {
             fingerprint,
             tx_type: TX_TYPE_REVERSAL,
             entries: &mirrored,
+            entry_seqs: &seqs,
+            ledger_tx_id: None,
             effects,
             external_ref: None,
             business_ref: business_ref.as_ref(),
@@ -707,16 +753,281 @@ impl<I: IdSource> Planner<'_, I> {
         outcome
     }
 
+    // ---- sagas -------------------------------------------------------------------
+
+    /// Opens a saga: the key is claimed for it and its log written, in this batch.
+    fn begin_saga(&mut self, draft: &SagaRecord) -> Outcome {
+        let (tenant_id, key, fingerprint) = (draft.tenant_id, &draft.idempotency_key, &draft.fingerprint);
+        if let Some(answer) = self.check_key(tenant_id, key, fingerprint) {
+            return answer;
+        }
+        if let Some(KeyRecord { outcome: KeyOutcome::Processing { .. }, .. }) = self.snapshot.keys.get(&(tenant_id, key.clone())) {
+            // claimed for a single-shard request with this very body: cannot be a saga too
+            return Outcome::Rejected(Rejection::InProgress);
+        }
+        let now = self.now();
+        let saga_id = self.ids.saga_id(now, self.input.shard_id);
+        let record = SagaRecord {
+            saga_id,
+            state: SagaState::Running,
+            failure: None,
+            reply: None,
+            reversed_by: None,
+            created_at: now,
+            updated_at: now,
+            ..draft.clone()
+        };
+        self.record_key(tenant_id, key, fingerprint, KeyOutcome::SagaRunning { saga_id });
+        self.snapshot.sagas.insert(saga_id, record.clone());
+        self.writes.sagas.push(record.clone());
+        Outcome::SagaBegun(Box::new(record))
+    }
+
+    /// Stores a coordinator's progress if it moves the saga forward; a terminal saga also
+    /// completes its key: a posted saga replays, a refusal is stored or frees the key as
+    /// the same refusal of a single-shard request would.
+    fn saga_progress(&mut self, newer: &SagaRecord) -> Outcome {
+        let Some(stored) = self.snapshot.sagas.get(&newer.saga_id).filter(|s| s.tenant_id == newer.tenant_id) else {
+            return Outcome::Rejected(Rejection::TransactionNotFound);
+        };
+        if !stored.accepts_progress(newer) {
+            return Outcome::Saga(Box::new(stored.clone()));
+        }
+        let record = SagaRecord { reversed_by: stored.reversed_by, updated_at: self.now(), ..newer.clone() };
+        let (tenant_id, key, fingerprint) = (record.tenant_id, record.idempotency_key.clone(), record.fingerprint.clone());
+        let owns_key = matches!(
+            self.snapshot.keys.get(&(tenant_id, key.clone())),
+            Some(KeyRecord { outcome: KeyOutcome::SagaRunning { saga_id }, fingerprint: f })
+                if *saga_id == record.saga_id && *f == fingerprint
+        );
+        if owns_key && record.state.is_terminal() {
+            let outcome = match (&record.state, &record.failure, &record.reply) {
+                (SagaState::Posted, _, _) => KeyOutcome::Posted { ledger_tx_id: record.saga_id },
+                (_, Some(failure), Some(reply)) if rejection_is_stored(failure.status, reply) => {
+                    KeyOutcome::Rejected { status: failure.status, body: reply.clone() }
+                }
+                _ => KeyOutcome::Retryable,
+            };
+            self.record_key(tenant_id, &key, &fingerprint, outcome);
+        }
+        self.snapshot.sagas.insert(record.saga_id, record.clone());
+        self.writes.sagas.push(record.clone());
+        Outcome::Saga(Box::new(record))
+    }
+
+    fn saga_step(&mut self, command: &SagaStepCommand) -> Outcome {
+        const FINGERPRINT: &str = "saga-step";
+        let tenant_id = command.tenant_id;
+        let key = command.key();
+        // A step that was executed (or refused) before answers as it did then.
+        match self.snapshot.keys.get(&(tenant_id, key.clone())).map(|r| r.outcome.clone()) {
+            Some(KeyOutcome::Posted { .. }) if matches!(command.action, StepAction::ClaimReversal { .. }) => {
+                return Outcome::Completed;
+            }
+            Some(KeyOutcome::Posted { ledger_tx_id }) => return Outcome::Replay { ledger_tx_id },
+            Some(KeyOutcome::Rejected { status, body }) => return Outcome::ReplayRejection { status, body },
+            _ => {}
+        }
+        if command.undo {
+            return self.undo_step(command, FINGERPRINT);
+        }
+        // Every refusal of a step is stored under its key, whatever its status: a step
+        // re-sent by a resuming coordinator must get the same answer, or a saga that
+        // turned back could see a leg post after all.
+        let refused = |planner: &mut Self, rejection: Rejection| {
+            let outcome = KeyOutcome::Rejected { status: rejection.status(), body: rejection.to_body() };
+            planner.record_key(tenant_id, &key, FINGERPRINT, outcome);
+            Outcome::Rejected(rejection)
+        };
+        match &command.action {
+            StepAction::Post { entries } => {
+                let mut leg: Vec<LegEntry> = entries.clone();
+                for e in entries {
+                    let Some(account) = self.tenant_account(tenant_id, e.entry.account_id) else {
+                        return refused(self, Rejection::AccountNotFound { account_id: Some(e.entry.account_id) });
+                    };
+                    if account.currency != e.entry.currency {
+                        let mismatch = Rejection::CurrencyMismatch {
+                            account_id: e.entry.account_id,
+                            account_currency: account.currency.to_string(),
+                            entry_currency: e.entry.currency.to_string(),
+                        };
+                        return refused(self, mismatch);
+                    }
+                }
+                let clearing = clearing_entries(tenant_id, self.input.shard_id, entries, command.header.entry_count);
+                for c in &clearing {
+                    self.ensure_clearing_account(tenant_id, c.entry.currency);
+                }
+                leg.extend(clearing);
+                let (seqs, entries): (Vec<i32>, Vec<EntryCommand>) = leg.into_iter().map(|e| (e.seq, e.entry)).unzip();
+                let effects = match self.effects(tenant_id, &entries, true) {
+                    Ok(effects) => effects,
+                    Err(rejection) => return refused(self, rejection),
+                };
+                let header = &command.header;
+                self.accept(Accepted {
+                    tenant_id,
+                    idempotency_key: &key,
+                    fingerprint: FINGERPRINT,
+                    tx_type: &header.tx_type,
+                    entries: &entries,
+                    entry_seqs: &seqs,
+                    ledger_tx_id: Some(command.saga_id),
+                    effects,
+                    external_ref: None,
+                    business_ref: header.business_ref.as_ref(),
+                    occurred_at: header.occurred_at,
+                    actor: &header.actor,
+                    reason_code: header.reason_code.as_ref(),
+                    metadata: header.metadata.clone(),
+                    reverses_ledger_tx_id: None,
+                })
+            }
+            StepAction::Mirror { of } => {
+                let Some(original) = self.snapshot.originals.get(of).filter(|o| o.tenant_id == tenant_id).cloned() else {
+                    return refused(self, Rejection::TransactionNotFound);
+                };
+                let mirrored: Vec<EntryCommand> =
+                    original.entries.iter().map(|e| EntryCommand { side: e.side.opposite(), ..e.clone() }).collect();
+                let effects = match self.effects(tenant_id, &mirrored, false) {
+                    Ok(effects) => effects,
+                    Err(rejection) => return refused(self, rejection),
+                };
+                let header = &command.header;
+                self.accept(Accepted {
+                    tenant_id,
+                    idempotency_key: &key,
+                    fingerprint: FINGERPRINT,
+                    tx_type: TX_TYPE_REVERSAL,
+                    entries: &mirrored,
+                    entry_seqs: &original.seqs,
+                    ledger_tx_id: Some(command.saga_id),
+                    effects,
+                    external_ref: None,
+                    business_ref: original.business_ref.as_ref(),
+                    occurred_at: None,
+                    actor: &header.actor,
+                    reason_code: header.reason_code.as_ref(),
+                    metadata: json!({}),
+                    reverses_ledger_tx_id: Some(*of),
+                })
+            }
+            StepAction::ClaimReversal { of } => {
+                let Some(original) = self.snapshot.sagas.get(of).filter(|s| s.tenant_id == tenant_id) else {
+                    return refused(self, Rejection::TransactionNotFound);
+                };
+                if original.state != SagaState::Posted {
+                    return refused(self, Rejection::TransactionNotFound);
+                }
+                match original.reversed_by {
+                    Some(other) if other != command.saga_id => {
+                        return refused(self, Rejection::AlreadyReversed { reversal_tx_id: other });
+                    }
+                    _ => {}
+                }
+                let claimed = SagaRecord { reversed_by: Some(command.saga_id), updated_at: self.now(), ..original.clone() };
+                self.snapshot.sagas.insert(*of, claimed.clone());
+                self.writes.sagas.push(claimed);
+                self.record_key(tenant_id, &key, FINGERPRINT, KeyOutcome::Posted { ledger_tx_id: *of });
+                Outcome::Completed
+            }
+        }
+    }
+
+    /// Undoes a step. If the step never executed here, it is marked refused first, so that
+    /// a late copy of it can never execute after the saga turned back.
+    fn undo_step(&mut self, command: &SagaStepCommand, fingerprint: &str) -> Outcome {
+        let tenant_id = command.tenant_id;
+        let forward_key = crate::saga::step_key(command.saga_id, command.step);
+        match self.snapshot.keys.get(&(tenant_id, forward_key.clone())).map(|r| r.outcome.clone()) {
+            Some(KeyOutcome::Posted { .. }) => {}
+            Some(KeyOutcome::Rejected { .. }) => return Outcome::Completed,
+            _ => {
+                // internal only: a coordinator sees it, never a client
+                let body = json!({"error": {"code": "SAGA_ABORTED", "message": "the saga turned back before this step ran",
+                                            "details": {"saga_id": command.saga_id}}});
+                let outcome = KeyOutcome::Rejected { status: 409, body };
+                self.record_key(tenant_id, &forward_key, fingerprint, outcome);
+                return Outcome::Completed;
+            }
+        }
+        let key = command.key();
+        match &command.action {
+            StepAction::ClaimReversal { of } => {
+                if let Some(original) = self.snapshot.sagas.get(of).cloned()
+                    && original.reversed_by == Some(command.saga_id)
+                {
+                    let released = SagaRecord { reversed_by: None, updated_at: self.now(), ..original };
+                    self.snapshot.sagas.insert(*of, released.clone());
+                    self.writes.sagas.push(released);
+                }
+                self.record_key(tenant_id, &key, fingerprint, KeyOutcome::Posted { ledger_tx_id: *of });
+                Outcome::Completed
+            }
+            StepAction::Post { .. } | StepAction::Mirror { .. } => {
+                let Some(leg) = self.snapshot.originals.get(&command.saga_id).filter(|o| o.tenant_id == tenant_id).cloned()
+                else {
+                    return Outcome::Rejected(Rejection::TransactionNotFound);
+                };
+                let mirrored: Vec<EntryCommand> =
+                    leg.entries.iter().map(|e| EntryCommand { side: e.side.opposite(), ..e.clone() }).collect();
+                // A compensation may be refused (funds spent meanwhile, an account closed):
+                // that refusal is not stored, the coordinator retries until it posts. It
+                // never drives a non-negative account below zero.
+                let effects = match self.effects(tenant_id, &mirrored, false) {
+                    Ok(effects) => effects,
+                    Err(rejection) => return Outcome::Rejected(rejection),
+                };
+                self.accept(Accepted {
+                    tenant_id,
+                    idempotency_key: &key,
+                    fingerprint,
+                    tx_type: TX_TYPE_SAGA_COMPENSATION,
+                    entries: &mirrored,
+                    entry_seqs: &leg.seqs,
+                    ledger_tx_id: None,
+                    effects,
+                    external_ref: None,
+                    business_ref: leg.business_ref.as_ref(),
+                    occurred_at: None,
+                    actor: &command.header.actor,
+                    reason_code: Some(&"SAGA_COMPENSATION".to_owned()),
+                    metadata: json!({"saga_id": command.saga_id, "step": command.step}),
+                    reverses_ledger_tx_id: Some(command.saga_id),
+                })
+            }
+        }
+    }
+
+    /// Creates this shard's clearing account for the tenant and currency if it is new.
+    fn ensure_clearing_account(&mut self, tenant_id: Uuid, currency: Currency) {
+        let account_id = crate::saga::clearing_account_id(tenant_id, self.input.shard_id, currency);
+        if self.snapshot.accounts.contains_key(&account_id) {
+            return;
+        }
+        let command = CreateAccountCommand {
+            tenant_id,
+            account_id,
+            code: clearing_account_code(self.input.shard_id, currency),
+            account_type: CLEARING_ACCOUNT_TYPE,
+            currency,
+            allow_negative: true,
+            metadata: json!({"system": "clearing"}),
+        };
+        self.create_account(&command);
+    }
+
     fn accept(&mut self, tx: Accepted<'_>) -> Outcome {
         let now = self.now();
-        let ledger_tx_id = self.ids.ledger_id(now, self.input.shard_id);
+        let ledger_tx_id = tx.ledger_tx_id.unwrap_or_else(|| self.ids.ledger_id(now, self.input.shard_id));
         let commit_seq = self.next_commit_seq;
         self.next_commit_seq += 1;
         let occurred_at = tx.occurred_at.unwrap_or(now);
         let mut posted_entries = Vec::with_capacity(tx.entries.len());
         for (index, (entry, effect)) in tx.entries.iter().zip(&tx.effects).enumerate() {
             let ledger_entry_id = self.ids.ledger_id(now, self.input.shard_id);
-            let entry_seq = index as i32 + 1;
+            let entry_seq = tx.entry_seqs.get(index).copied().unwrap_or(index as i32 + 1);
             self.snapshot.accounts.get_mut(&entry.account_id).expect("checked by effects").apply(*effect, ledger_entry_id);
             self.writes.touched_accounts.insert(entry.account_id);
             self.writes.entries.push(EntryRow {
@@ -776,6 +1087,7 @@ impl<I: IdSource> Planner<'_, I> {
                 tx_type: tx.tx_type.to_owned(),
                 business_ref: tx.business_ref.cloned(),
                 entries: tx.entries.to_vec(),
+                seqs: (0..tx.entries.len()).map(|i| tx.entry_seqs.get(i).copied().unwrap_or(i as i32 + 1)).collect(),
                 reversed_by: None,
             },
         );
@@ -952,6 +1264,9 @@ mod tests {
             Outcome::RefHeld { ledger_tx_id: Some(_) } => "REF_HELD_POSTED",
             Outcome::RefHeld { ledger_tx_id: None } => "REF_HELD_PENDING",
             Outcome::Completed => "COMPLETED",
+            Outcome::SagaBegun(_) => "SAGA_BEGUN",
+            Outcome::SagaInFlight { .. } => "SAGA_IN_FLIGHT",
+            Outcome::Saga(_) => "SAGA",
         }
     }
 
@@ -1334,6 +1649,189 @@ mod tests {
             }
             let seqs: Vec<i64> = shard.transactions.iter().map(|t| t.commit_seq).collect();
             prop_assert_eq!(seqs, (1..=shard.transactions.len() as i64).collect::<Vec<_>>());
+        }
+    }
+
+    mod sagas {
+        use super::*;
+        use crate::command::{BeginSagaCommand, SagaProgressCommand, SagaStepCommand};
+        use crate::saga::{LegHeader, SagaKind, SagaStep, StepStatus, clearing_account_id};
+
+        fn header() -> LegHeader {
+            LegHeader {
+                tx_type: "TRANSFER".into(),
+                actor: "test".into(),
+                reason_code: None,
+                business_ref: None,
+                external_ref: None,
+                occurred_at: None,
+                metadata: json!({}),
+                entry_count: 2,
+            }
+        }
+
+        fn leg(code: &str, side: Side, amount: i64, seq: i32) -> LegEntry {
+            LegEntry {
+                seq,
+                entry: EntryCommand {
+                    account_id: crate::ids::account_id(TENANT, code),
+                    side,
+                    amount_minor: amount,
+                    currency: Currency::parse("IDR").unwrap(),
+                },
+            }
+        }
+
+        fn step(saga_id: Uuid, step: usize, undo: bool, action: StepAction) -> Command {
+            Command::SagaStep(Box::new(SagaStepCommand { tenant_id: TENANT, saga_id, step, undo, action, header: header() }))
+        }
+
+        fn funded_shard() -> Shard {
+            let mut shard = Shard::new();
+            shard.run(&[
+                create("cash", AccountType::Asset, "IDR", true),
+                create("alice", AccountType::Liability, "IDR", false),
+                transfer("fund", "cash", "alice", 1_000),
+            ]);
+            shard
+        }
+
+        fn clearing_balance(shard: &Shard) -> i64 {
+            let id = clearing_account_id(TENANT, 3, Currency::parse("IDR").unwrap());
+            shard.snapshot.accounts.get(&id).map_or(0, |a| a.balance_minor)
+        }
+
+        #[test]
+        fn a_leg_posts_once_through_the_clearing_account_and_is_undone_once() {
+            let mut shard = funded_shard();
+            let saga_id = SequentialIds(900).saga_id(at(0), 1);
+            let action = StepAction::Post { entries: vec![leg("alice", Side::Debit, 300, 1)] };
+            let posted = shard.run(&[step(saga_id, 0, false, action.clone())]);
+            let Outcome::Posted(tx) = &posted[0] else { panic!("{posted:?}") };
+            assert_eq!(tx.ledger_tx_id, saga_id, "a leg carries its saga's id");
+            assert_eq!(tx.entries.iter().map(|e| e.entry_seq).collect::<Vec<_>>(), vec![1, 3]);
+            assert_eq!(shard.balance("alice"), 700);
+            assert_eq!(clearing_balance(&shard), -300, "the clearing asset is credited: due from the other shard");
+            assert_eq!(shard.run(&[step(saga_id, 0, false, action.clone())]), vec![Outcome::Replay { ledger_tx_id: saga_id }]);
+            assert_eq!(shard.balance("alice"), 700, "a re-sent step posts nothing");
+
+            let undone = shard.run(&[step(saga_id, 0, true, action.clone())]);
+            let Outcome::Posted(compensation) = &undone[0] else { panic!("{undone:?}") };
+            assert_eq!(shard.transactions.last().unwrap().tx_type, TX_TYPE_SAGA_COMPENSATION);
+            assert_eq!(shard.transactions.last().unwrap().reverses_ledger_tx_id, Some(saga_id));
+            assert_eq!((shard.balance("alice"), clearing_balance(&shard)), (1_000, 0), "exactly where it was");
+            let again = shard.run(&[step(saga_id, 0, true, action)]);
+            assert_eq!(again, vec![Outcome::Replay { ledger_tx_id: compensation.ledger_tx_id }]);
+            assert_eq!(shard.balance("alice"), 1_000);
+        }
+
+        #[test]
+        fn a_refused_step_stays_refused_and_an_undo_first_blocks_a_late_step() {
+            let mut shard = funded_shard();
+            let saga_id = SequentialIds(901).saga_id(at(0), 1);
+            let too_much = StepAction::Post { entries: vec![leg("alice", Side::Debit, 5_000, 1)] };
+            let refused = shard.run(&[step(saga_id, 0, false, too_much.clone())]);
+            assert_eq!(code_of(&refused[0]), "INSUFFICIENT_FUNDS");
+            shard.run(&[transfer("more", "cash", "alice", 10_000)]);
+            let again = shard.run(&[step(saga_id, 0, false, too_much)]);
+            assert_eq!(code_of(&again[0]), "REPLAY_REJECTION", "the same answer, even now that funds are there");
+            assert_eq!(shard.balance("alice"), 11_000);
+
+            let fine = StepAction::Post { entries: vec![leg("alice", Side::Debit, 100, 1)] };
+            assert_eq!(shard.run(&[step(saga_id, 1, true, fine.clone())]), vec![Outcome::Completed]);
+            let late = shard.run(&[step(saga_id, 1, false, fine)]);
+            let Outcome::ReplayRejection { body, .. } = &late[0] else { panic!("{late:?}") };
+            assert_eq!(body["error"]["code"], "SAGA_ABORTED");
+            assert_eq!(shard.balance("alice"), 11_000, "a step that arrives after its undo never posts");
+        }
+
+        fn draft(key: &str, fingerprint: &str) -> SagaRecord {
+            SagaRecord {
+                saga_id: Uuid::nil(),
+                tenant_id: TENANT,
+                idempotency_key: key.into(),
+                fingerprint: fingerprint.into(),
+                kind: SagaKind::Post,
+                header: header(),
+                steps: vec![SagaStep::new(1, StepAction::Post { entries: vec![] })],
+                state: SagaState::Running,
+                failure: None,
+                reply: None,
+                reversed_by: None,
+                created_at: at(0),
+                updated_at: at(0),
+            }
+        }
+
+        fn begin(shard: &mut Shard, key: &str, fingerprint: &str) -> Outcome {
+            shard.run(&[Command::BeginSaga(Box::new(BeginSagaCommand { record: draft(key, fingerprint) }))]).remove(0)
+        }
+
+        fn progress(shard: &mut Shard, record: &SagaRecord) -> SagaRecord {
+            let outcome = shard.run(&[Command::SagaProgress(Box::new(SagaProgressCommand { record: record.clone() }))]);
+            let Outcome::Saga(stored) = &outcome[0] else { panic!("{outcome:?}") };
+            (**stored).clone()
+        }
+
+        #[test]
+        fn a_saga_holds_its_key_until_it_ends_and_then_replays() {
+            let mut shard = Shard::new();
+            let Outcome::SagaBegun(record) = begin(&mut shard, "k", "f") else { panic!() };
+            assert!(crate::ids::is_saga_id(record.saga_id));
+            assert_eq!(begin(&mut shard, "k", "f"), Outcome::SagaInFlight { saga_id: record.saga_id });
+            assert_eq!(code_of(&begin(&mut shard, "k", "other")), "IDEMPOTENCY_CONFLICT");
+            assert_eq!(code_of(&shard.run(&[transfer("k", "a", "b", 1)])[0]), "IDEMPOTENCY_CONFLICT");
+
+            let mut done = (*record).clone();
+            done.record_step(0, crate::saga::StepResult::Posted, at(5));
+            done.finish(json!({"ledger_tx_id": record.saga_id}), at(5));
+            let stored = progress(&mut shard, &done);
+            assert_eq!(stored.state, SagaState::Posted);
+            assert_eq!(stored.steps[0].status, StepStatus::Posted);
+            assert_eq!(progress(&mut shard, &record), stored, "a stale record never moves the saga back");
+            assert_eq!(begin(&mut shard, "k", "f"), Outcome::Replay { ledger_tx_id: record.saga_id });
+        }
+
+        #[test]
+        fn a_turned_back_saga_stores_its_refusal_as_a_single_shard_request_would() {
+            let mut shard = Shard::new();
+            for (key, status, code, stored) in [("funds", 422, "INSUFFICIENT_FUNDS", true), ("missing", 404, "ACCOUNT_NOT_FOUND", false)] {
+                let Outcome::SagaBegun(record) = begin(&mut shard, key, "f") else { panic!() };
+                let mut done = (*record).clone();
+                let body = json!({"error": {"code": code, "message": "", "details": {}}});
+                done.record_step(0, crate::saga::StepResult::Refused { status, body: body.clone() }, at(5));
+                done.finish(body, at(5));
+                assert_eq!(progress(&mut shard, &done).state, SagaState::Compensated);
+                let again = begin(&mut shard, key, "f");
+                if stored {
+                    assert!(matches!(again, Outcome::ReplayRejection { status: 422, .. }), "{again:?}");
+                } else {
+                    assert!(matches!(again, Outcome::SagaBegun(_)), "a 404 consumes no key: {again:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn a_saga_transaction_is_claimed_for_reversal_once() {
+            let mut shard = Shard::new();
+            let Outcome::SagaBegun(record) = begin(&mut shard, "x", "f") else { panic!() };
+            let mut posted = (*record).clone();
+            posted.record_step(0, crate::saga::StepResult::Posted, at(5));
+            posted.finish(json!({}), at(5));
+            progress(&mut shard, &posted);
+            let first = SequentialIds(1000).saga_id(at(6), 3);
+            let second = SequentialIds(2000).saga_id(at(6), 3);
+            let claim = StepAction::ClaimReversal { of: record.saga_id };
+            assert_eq!(shard.run(&[step(first, 0, false, claim.clone())]), vec![Outcome::Completed]);
+            assert_eq!(shard.run(&[step(first, 0, false, claim.clone())]), vec![Outcome::Completed]);
+            assert_eq!(code_of(&shard.run(&[step(second, 0, false, claim.clone())])[0]), "ALREADY_REVERSED");
+            assert_eq!(shard.snapshot.sagas[&record.saga_id].reversed_by, Some(first));
+            // the first reversal turned back: its claim is released, and a later one may claim
+            assert_eq!(shard.run(&[step(first, 0, true, claim.clone())]), vec![Outcome::Completed]);
+            assert_eq!(shard.snapshot.sagas[&record.saga_id].reversed_by, None);
+            let third = SequentialIds(3000).saga_id(at(7), 3);
+            assert_eq!(shard.run(&[step(third, 0, false, claim)]), vec![Outcome::Completed]);
+            assert_eq!(shard.snapshot.sagas[&record.saga_id].reversed_by, Some(third));
         }
     }
 }

@@ -4,6 +4,7 @@
 use crate::account::{AccountStatus, AttributesDigest};
 use crate::currency::Currency;
 use crate::money::{AccountType, Side};
+use crate::saga::{LegHeader, SagaRecord, StepAction, clearing_account_id};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -136,6 +137,48 @@ pub struct CompleteRefCommand {
     pub completion: RefCompletion,
 }
 
+/// Opens a saga on the home shard of its idempotency key: claims the key and writes the
+/// saga log (`record`, whose id and times the home shard assigns) in one transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BeginSagaCommand {
+    pub record: SagaRecord,
+}
+
+/// Records a coordinator's progress in the saga log; a record that would move the saga
+/// backwards is ignored, and the reply carries the log as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaProgressCommand {
+    pub record: SagaRecord,
+}
+
+/// One step of a saga (or its undo), executed on the step's shard, idempotent by
+/// (saga id, step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaStepCommand {
+    pub tenant_id: Uuid,
+    pub saga_id: Uuid,
+    pub step: usize,
+    pub undo: bool,
+    pub action: StepAction,
+    pub header: LegHeader,
+}
+
+impl SagaStepCommand {
+    pub fn key(&self) -> String {
+        if self.undo { crate::saga::undo_key(self.saga_id, self.step) } else { crate::saga::step_key(self.saga_id, self.step) }
+    }
+
+    /// The transaction this step reads: the leg it undoes, or the one it mirrors.
+    pub fn reads_transaction(&self) -> Option<Uuid> {
+        match (&self.action, self.undo) {
+            (StepAction::ClaimReversal { .. }, _) => None,
+            (_, true) => Some(self.saga_id),
+            (StepAction::Mirror { of }, false) => Some(*of),
+            (StepAction::Post { .. }, false) => None,
+        }
+    }
+}
+
 /// One write for a shard writer. Reads never pass through the writer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
@@ -147,6 +190,9 @@ pub enum Command {
     CompleteKey(CompleteKeyCommand),
     ClaimRef(ClaimRefCommand),
     CompleteRef(CompleteRefCommand),
+    BeginSaga(Box<BeginSagaCommand>),
+    SagaProgress(Box<SagaProgressCommand>),
+    SagaStep(Box<SagaStepCommand>),
 }
 
 impl Command {
@@ -160,28 +206,72 @@ impl Command {
             Command::CompleteKey(c) => c.tenant_id,
             Command::ClaimRef(c) => c.tenant_id,
             Command::CompleteRef(c) => c.tenant_id,
+            Command::BeginSaga(c) => c.record.tenant_id,
+            Command::SagaProgress(c) => c.record.tenant_id,
+            Command::SagaStep(c) => c.tenant_id,
         }
     }
 
-    /// Accounts whose state the command needs.
-    pub fn account_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
-        let (single, entries) = match self {
-            Command::CreateAccount(c) => (Some(c.account_id), &[][..]),
-            Command::SetStatus(c) => (Some(c.account_id), &[][..]),
-            Command::Post(c) => (None, &c.entries[..]),
-            _ => (None, &[][..]),
-        };
-        single.into_iter().chain(entries.iter().map(|e| e.account_id))
+    /// Accounts whose state the command needs (besides those of the transactions it reads).
+    pub fn account_ids(&self, shard_id: u16) -> Vec<Uuid> {
+        match self {
+            Command::CreateAccount(c) => vec![c.account_id],
+            Command::SetStatus(c) => vec![c.account_id],
+            Command::Post(c) => c.entries.iter().map(|e| e.account_id).collect(),
+            Command::SagaStep(c) => match &c.action {
+                StepAction::Post { entries } if !c.undo => entries
+                    .iter()
+                    .map(|e| e.entry.account_id)
+                    .chain(entries.iter().map(|e| clearing_account_id(c.tenant_id, shard_id, e.entry.currency)))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
     }
 
+    /// The client idempotency key of a post, a reversal, a claim or a saga.
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
             Command::Post(c) => Some(&c.idempotency_key),
             Command::Reverse(c) => Some(&c.idempotency_key),
             Command::ClaimKey(c) => Some(&c.idempotency_key),
             Command::CompleteKey(c) => Some(&c.idempotency_key),
-            Command::CreateAccount(_) | Command::SetStatus(_) | Command::ClaimRef(_) | Command::CompleteRef(_) => None,
+            Command::BeginSaga(c) => Some(&c.record.idempotency_key),
+            Command::SagaProgress(c) => Some(&c.record.idempotency_key),
+            Command::CreateAccount(_)
+            | Command::SetStatus(_)
+            | Command::ClaimRef(_)
+            | Command::CompleteRef(_)
+            | Command::SagaStep(_) => None,
         }
+    }
+
+    /// Every idempotency record the command reads: its key, or a saga step's records.
+    pub fn keys_read(&self) -> Vec<String> {
+        match self {
+            Command::SagaStep(c) => {
+                let forward = crate::saga::step_key(c.saga_id, c.step);
+                if c.undo { vec![forward, c.key()] } else { vec![forward] }
+            }
+            other => other.idempotency_key().map(str::to_owned).into_iter().collect(),
+        }
+    }
+
+    /// Saga logs the command reads.
+    pub fn sagas_read(&self) -> Option<Uuid> {
+        match self {
+            Command::SagaProgress(c) => Some(c.record.saga_id),
+            Command::SagaStep(c) => match c.action {
+                StepAction::ClaimReversal { of } => Some(of),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    pub fn is_saga(&self) -> bool {
+        matches!(self, Command::BeginSaga(_) | Command::SagaProgress(_) | Command::SagaStep(_))
     }
 
     /// The external reference whose uniqueness the command needs to know about.

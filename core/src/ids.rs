@@ -29,10 +29,27 @@ pub trait IdSource {
         debug_assert!(shard_id <= SHARD_ID_MAX);
         let millis = at.timestamp_millis().max(0) as u128 & ((1u128 << 48) - 1);
         let random = self.random_bits();
-        let rand_b = random & ((1u128 << 62) - 1);
+        let rand_b = random & ((1u128 << 62) - 1) & !SAGA_ID_FLAG;
         let value = (millis << 80) | (0x7u128 << 76) | ((shard_id as u128) << 64) | (0b10u128 << 62) | rand_b;
         Uuid::from_u128(value)
     }
+
+    /// The id of a cross-shard transaction (a saga): a ledger id of the shard that holds
+    /// its saga log, with [`SAGA_ID_FLAG`] set, so that a router can tell from the id
+    /// alone that the transaction spans shards.
+    fn saga_id(&mut self, at: DateTime<Utc>, home_shard: u16) -> Uuid {
+        Uuid::from_u128(self.ledger_id(at, home_shard).as_u128() | SAGA_ID_FLAG)
+    }
+}
+
+/// The highest random bit of a ledger id marks the id of a saga (see [`IdSource::saga_id`]).
+pub const SAGA_ID_FLAG: u128 = 1 << 61;
+
+/// Whether the id was minted by [`IdSource::saga_id`]. Ids minted before the flag existed
+/// may carry it by chance, so a reader that finds no saga for such an id falls back to
+/// the journal.
+pub fn is_saga_id(id: Uuid) -> bool {
+    id.get_version_num() == 7 && id.as_u128() & SAGA_ID_FLAG != 0
 }
 
 /// The shard a ledger id was minted on.
@@ -104,5 +121,10 @@ mod tests {
         assert_eq!(shard_of_ledger_id(b), Some(3));
         assert!(a < b);
         assert_eq!(shard_of_ledger_id(Uuid::new_v4()), None);
+        assert!(!is_saga_id(a) && !is_saga_id(b));
+        let saga = ids.saga_id(late, 9);
+        assert!(is_saga_id(saga));
+        assert_eq!(shard_of_ledger_id(saga), Some(9));
+        assert_eq!(saga.get_variant(), uuid::Variant::RFC4122);
     }
 }

@@ -16,6 +16,7 @@
 //!   outcomes and the rows to write (the group-commit core).
 //! - [`fingerprint`]: request fingerprints for idempotency.
 //! - [`ring`]: the consistent-hash ring that places accounts and keys on shards.
+//! - [`saga`]: cross-shard transactions: legs, clearing entries, the saga state machine.
 
 pub mod account;
 pub mod batch;
@@ -26,4 +27,5 @@ pub mod ids;
 pub mod money;
 pub mod rejection;
 pub mod ring;
+pub mod saga;
 pub mod validate;

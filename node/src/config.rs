@@ -53,6 +53,11 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     /// Most requests one router handles at once.
     pub router_in_flight_max: usize,
+    /// An unfinished saga whose log has not moved for this long is resumed by the
+    /// recovery loop of any router (its coordinator is presumed dead).
+    pub saga_resume_after_ms: u64,
+    /// How often each router looks for sagas to resume.
+    pub saga_recovery_interval_ms: u64,
 }
 
 impl Default for Limits {
@@ -63,6 +68,8 @@ impl Default for Limits {
             account_cache_max: 200_000,
             request_timeout_ms: 5_000,
             router_in_flight_max: 4_096,
+            saga_resume_after_ms: 10_000,
+            saga_recovery_interval_ms: 1_000,
         }
     }
 }
@@ -132,6 +139,8 @@ impl ClusterConfig {
             ("limits.account_cache_max", limits.account_cache_max),
             ("limits.request_timeout_ms", limits.request_timeout_ms as usize),
             ("limits.router_in_flight_max", limits.router_in_flight_max),
+            ("limits.saga_resume_after_ms", limits.saga_resume_after_ms as usize),
+            ("limits.saga_recovery_interval_ms", limits.saga_recovery_interval_ms as usize),
         ] {
             if value == 0 {
                 return fail(key, "must be greater than 0");

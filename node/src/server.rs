@@ -9,7 +9,8 @@ use anyhow::Context;
 use futures::StreamExt;
 use ledger_core::batch::Outcome;
 use ledger_core::command::Command;
-use ledger_core::ids::shard_of_ledger_id;
+use ledger_core::ids::{is_saga_id, shard_of_ledger_id};
+use ledger_core::saga::SagaState;
 use ledger_core::rejection::Rejection;
 use ledger_protocol::internal::{ClaimAnswer, Redirect, ShardReply, ShardRequest, TransactionLookup};
 use ledger_protocol::reply::PostReply;
@@ -190,8 +191,63 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
             Ok(reply) => reply,
             Err(error) => store_failure(shard_id, error),
         },
-        ShardRequest::PostReply { ledger_tx_id } => replay(runtime, ledger_tx_id).await,
+        ShardRequest::PostReply { ledger_tx_id } => client_replay(runtime, ledger_tx_id).await,
+        ShardRequest::AccountFacts { tenant_id, account_ids } => {
+            match store::account_facts(&runtime.pool, tenant_id, &account_ids).await {
+                Ok(facts) => ShardReply::ok(&facts),
+                Err(error) => store_failure(shard_id, error),
+            }
+        }
+        ShardRequest::GetSaga { tenant_id, saga_id } => match store::saga(&runtime.pool, tenant_id, saga_id).await {
+            Ok(Some(record)) => ShardReply::ok(&record),
+            Ok(None) => ShardReply::rejected(&Rejection::TransactionNotFound),
+            Err(error) => store_failure(shard_id, error),
+        },
+        ShardRequest::StaleSagas { idle_ms, limit } => {
+            match store::sagas_in_flight(&runtime.pool, idle_ms as i64, limit as i64).await {
+                Ok(records) => ShardReply::ok(&records),
+                Err(error) => store_failure(shard_id, error),
+            }
+        }
+        ShardRequest::GetLeg { tenant_id, ledger_tx_id } => {
+            let leg = async {
+                let mut conn = runtime.pool.acquire().await?;
+                store::transaction_object(&mut conn, tenant_id, ledger_tx_id).await
+            };
+            match leg.await {
+                Ok(Some(tx)) => ShardReply::ok(&tx),
+                Ok(None) => ShardReply::rejected(&Rejection::TransactionNotFound),
+                Err(error) => store_failure(shard_id, error),
+            }
+        }
+        ShardRequest::Audit => {
+            let audit = async {
+                let mut conn = runtime.pool.acquire().await?;
+                store::audit(&mut conn, shard_id).await
+            };
+            match audit.await {
+                Ok(audit) => ShardReply::ok(&audit),
+                Err(error) => store_failure(shard_id, error),
+            }
+        }
     }
+}
+
+/// The reply a client's retry gets for a key that posted: a saga's stored reply when the
+/// id is a saga whose log is here, else the post or reversal rebuilt from the journal.
+async fn client_replay(runtime: &ShardRuntime, ledger_tx_id: Uuid) -> ShardReply {
+    if is_saga_id(ledger_tx_id) {
+        match store::load_sagas(&runtime.pool, &[ledger_tx_id]).await {
+            Ok(sagas) => {
+                if let Some(mut reply) = sagas.get(&ledger_tx_id).and_then(|s| s.reply.clone()) {
+                    reply["replayed"] = serde_json::json!(true);
+                    return ShardReply::ok(&reply);
+                }
+            }
+            Err(error) => return store_failure(runtime.shard_id, error),
+        }
+    }
+    replay(runtime, ledger_tx_id).await
 }
 
 async fn replay(runtime: &ShardRuntime, ledger_tx_id: Uuid) -> ShardReply {
@@ -212,6 +268,15 @@ async fn get_transaction(
     by: TransactionLookup,
 ) -> Result<ShardReply, store::StoreError> {
     let id = match by {
+        TransactionLookup::Id(id) if is_saga_id(id) && shard_of_ledger_id(id) == Some(runtime.shard_id) => {
+            match store::saga(&runtime.pool, tenant_id, id).await? {
+                Some(record) if record.state == SagaState::Posted => {
+                    return Ok(ShardReply::redirect(Redirect::Saga { record: Box::new(record) }));
+                }
+                Some(_) => return Ok(ShardReply::rejected(&Rejection::TransactionNotFound)),
+                None => Some(id),
+            }
+        }
         TransactionLookup::Id(id) => Some(id),
         TransactionLookup::IdempotencyKey(key) => match store::lookup_key(&runtime.pool, tenant_id, &key).await? {
             store::KeyLookup::Transaction(id) => Some(id),
@@ -247,7 +312,7 @@ async fn write(runtime: &ShardRuntime, commands: Vec<Command>) -> Vec<ShardReply
     let mut asked = Vec::with_capacity(count);
     for command in commands {
         let (port, answer) = ractor::concurrency::oneshot();
-        asked.push((command.tenant_id(), matches!(command, Command::ClaimKey(_))));
+        asked.push((command.tenant_id(), matches!(command, Command::ClaimKey(_) | Command::BeginSaga(_))));
         writes.push((command, port.into()));
         waits.push(answer);
     }
@@ -286,5 +351,8 @@ async fn reply_for(runtime: &ShardRuntime, tenant_id: Uuid, is_claim: bool, outc
         Outcome::KeyClaimed | Outcome::RefClaimed => ShardReply::claim(ClaimAnswer::Claimed),
         Outcome::RefHeld { ledger_tx_id } => ShardReply::claim(ClaimAnswer::Held { ledger_tx_id }),
         Outcome::Completed => ShardReply::claim(ClaimAnswer::Completed),
+        Outcome::SagaBegun(record) => ShardReply::claim(ClaimAnswer::SagaBegun { record }),
+        Outcome::SagaInFlight { saga_id } => ShardReply::claim(ClaimAnswer::SagaInFlight { saga_id }),
+        Outcome::Saga(record) => ShardReply::claim(ClaimAnswer::Saga { record }),
     }
 }

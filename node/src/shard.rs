@@ -231,13 +231,19 @@ impl ShardState {
         let mut snapshot = Snapshot::default();
         let started = std::time::Instant::now();
 
-        let reversal_targets: Vec<Uuid> =
-            commands.iter().filter_map(|c| if let Command::Reverse(r) = c { Some(r.ledger_tx_id) } else { None }).collect();
+        let reversal_targets: Vec<Uuid> = commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Reverse(r) => Some(r.ledger_tx_id),
+                Command::SagaStep(step) => step.reads_transaction(),
+                _ => None,
+            })
+            .collect();
         if !reversal_targets.is_empty() {
             snapshot.originals = store::load_originals(conn, &reversal_targets).await?;
         }
 
-        let mut wanted: HashSet<Uuid> = commands.iter().flat_map(Command::account_ids).collect();
+        let mut wanted: HashSet<Uuid> = commands.iter().flat_map(|c| c.account_ids(self.shard_id)).collect();
         wanted.extend(snapshot.originals.values().flat_map(|o| o.entries.iter().map(|e| e.account_id)));
         let mut missing = Vec::new();
         for id in wanted {
@@ -255,12 +261,17 @@ impl ShardState {
         }
 
         let keys: Vec<(Uuid, String)> =
-            commands.iter().filter_map(|c| c.idempotency_key().map(|k| (c.tenant_id(), k.to_owned()))).collect();
-        // Claims and completions need the records; posts and reversals can assume new keys.
-        let keys_assumed_new =
-            optimistic && !commands.iter().any(|c| matches!(c, Command::ClaimKey(_) | Command::CompleteKey(_)));
+            commands.iter().flat_map(|c| c.keys_read().into_iter().map(|k| (c.tenant_id(), k))).collect();
+        // Claims, completions and saga commands need the records; posts and reversals can
+        // assume new keys.
+        let keys_assumed_new = optimistic
+            && !commands.iter().any(|c| matches!(c, Command::ClaimKey(_) | Command::CompleteKey(_)) || c.is_saga());
         if !keys.is_empty() && !keys_assumed_new {
             snapshot.keys = store::load_keys(&mut *conn, &keys).await?;
+        }
+        let sagas: Vec<Uuid> = commands.iter().filter_map(Command::sagas_read).collect();
+        if !sagas.is_empty() {
+            snapshot.sagas = store::load_sagas(&mut *conn, &sagas).await?;
         }
         let refs: Vec<_> = commands.iter().filter_map(|c| c.external_ref().map(|r| (c.tenant_id(), r.clone()))).collect();
         if !refs.is_empty() {

@@ -11,6 +11,8 @@ use ledger_core::batch::{KeyOutcome, KeyRecord, OriginalTx, RefClaim, Snapshot, 
 use ledger_core::command::{EntryCommand, ExternalRef};
 use ledger_core::currency::Currency;
 use ledger_core::fingerprint::attributes_digest;
+use ledger_core::ids::is_saga_id;
+use ledger_core::saga::{SagaKind, SagaRecord, SagaState};
 use ledger_core::money::{AccountType, Side};
 use ledger_protocol::internal::StatementQuery;
 use ledger_protocol::reply::{
@@ -161,10 +163,10 @@ pub async fn load_keys(
                 status: row.try_get::<Option<i32>, _>("response_code")?.unwrap_or(500) as u16,
                 body: row.try_get::<Option<Value>, _>("response_body")?.unwrap_or(Value::Null),
             },
-            "PROCESSING" => KeyOutcome::Processing {
-                target_shard: row
-                    .try_get::<Option<i32>, _>("target_shard")?
-                    .ok_or_else(|| corrupt("claim without target", &status))? as u16,
+            "PROCESSING" => match (row.try_get::<Option<i32>, _>("target_shard")?, row.try_get::<Option<Uuid>, _>("ledger_tx_id")?) {
+                (Some(target), _) => KeyOutcome::Processing { target_shard: target as u16 },
+                (None, Some(saga_id)) => KeyOutcome::SagaRunning { saga_id },
+                (None, None) => return Err(corrupt("claim without target or saga", &status)),
             },
             "FAILED_RETRYABLE" => KeyOutcome::Retryable,
             other => return Err(corrupt("idempotency status", other)),
@@ -246,13 +248,14 @@ pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Has
                 tx_type: row.try_get(2)?,
                 business_ref: row.try_get(3)?,
                 entries: Vec::new(),
+                seqs: Vec::new(),
                 reversed_by: row.try_get(4)?,
             },
         );
     }
     let found: Vec<Uuid> = originals.keys().copied().collect();
     let entries = sqlx::query(
-        "select ledger_tx_id, account_id, entry_side, amount_minor, currency_code
+        "select ledger_tx_id, account_id, entry_side, amount_minor, currency_code, entry_seq
          from ledger_entry where ledger_tx_id = any($1) order by ledger_tx_id, entry_seq",
     )
     .bind(&found)
@@ -260,14 +263,19 @@ pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Has
     .await?;
     for row in &entries {
         let id: Uuid = row.try_get("ledger_tx_id")?;
-        originals.get_mut(&id).expect("selected above").entries.push(entry_command(row)?);
+        let original = originals.get_mut(&id).expect("selected above");
+        original.entries.push(entry_command(row)?);
+        original.seqs.push(row.try_get("entry_seq")?);
     }
     Ok(originals)
 }
 
 /// Whether a batch needs more than the one-statement write (rare commands).
 pub fn needs_transaction(writes: &Writes) -> bool {
-    !writes.accounts.is_empty() || !writes.status_changes.is_empty() || !writes.ref_claims.is_empty()
+    !writes.accounts.is_empty()
+        || !writes.status_changes.is_empty()
+        || !writes.ref_claims.is_empty()
+        || !writes.sagas.is_empty()
 }
 
 /// Writes a planned batch. Postings go in ONE statement; the rare rows (new accounts,
@@ -289,6 +297,9 @@ pub async fn write_batch(
     }
     if !writes.ref_claims.is_empty() {
         write_ref_claims(conn, writes).await?;
+    }
+    if !writes.sagas.is_empty() {
+        write_sagas(conn, &writes.sagas).await?;
     }
     let t = &writes.transactions;
     let e = &writes.entries;
@@ -484,6 +495,97 @@ async fn write_ref_claims(conn: &mut PgConnection, writes: &Writes) -> Result<()
     Ok(())
 }
 
+fn json_text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("saga parts serialize")
+}
+
+async fn write_sagas(conn: &mut PgConnection, sagas: &[SagaRecord]) -> Result<(), StoreError> {
+    sqlx::query(
+        "insert into ledger_saga (saga_id, tenant_id, idempotency_key, request_fingerprint, saga_kind, reverses_saga_id, state,
+                header, steps, failure, reply, reversed_by_saga_id, created_at, updated_at)
+         select id, tenant, key, fp, kind, reverses, state, header::jsonb, steps::jsonb, failure::jsonb, reply::jsonb, reversed_by,
+                created, updated
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[], $9::text[],
+                     $10::text[], $11::text[], $12::uuid[], $13::timestamptz[], $14::timestamptz[])
+              as u(id, tenant, key, fp, kind, reverses, state, header, steps, failure, reply, reversed_by, created, updated)
+         on conflict (saga_id) do update
+            set state = excluded.state, steps = excluded.steps, failure = excluded.failure, reply = excluded.reply,
+                reversed_by_saga_id = excluded.reversed_by_saga_id, updated_at = excluded.updated_at",
+    )
+    .bind(sagas.iter().map(|s| s.saga_id).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.tenant_id).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.idempotency_key.as_str()).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.fingerprint.as_str()).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| if s.kind == SagaKind::Post { "POST" } else { "REVERSE" }).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| if let SagaKind::Reverse { of } = s.kind { Some(of) } else { None }).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.state.as_str()).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| json_text(&s.header)).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| json_text(&s.steps)).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.failure.as_ref().map(json_text)).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.reply.as_ref().map(json_text)).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.reversed_by).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.created_at).collect::<Vec<_>>())
+    .bind(sagas.iter().map(|s| s.updated_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+const SAGA_COLUMNS: &str = "saga_id, tenant_id, idempotency_key, request_fingerprint, saga_kind, reverses_saga_id, state, header,
+     steps, failure, reply, reversed_by_saga_id, created_at, updated_at";
+
+fn from_json<T: serde::de::DeserializeOwned>(value: Value, what: &str) -> Result<T, StoreError> {
+    serde_json::from_value(value).map_err(|e| corrupt(what, &e.to_string()))
+}
+
+fn saga_record(row: &PgRow) -> Result<SagaRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    let kind: String = row.try_get("saga_kind")?;
+    let parse = |column: &str| -> Result<Value, StoreError> { Ok(row.try_get::<Value, _>(column)?) };
+    Ok(SagaRecord {
+        saga_id: row.try_get("saga_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        fingerprint: row.try_get("request_fingerprint")?,
+        kind: match (kind.as_str(), row.try_get::<Option<Uuid>, _>("reverses_saga_id")?) {
+            ("POST", _) => SagaKind::Post,
+            ("REVERSE", Some(of)) => SagaKind::Reverse { of },
+            _ => return Err(corrupt("saga kind", &kind)),
+        },
+        header: from_json(parse("header")?, "saga header")?,
+        steps: from_json(parse("steps")?, "saga steps")?,
+        state: SagaState::parse(&state).ok_or_else(|| corrupt("saga state", &state))?,
+        failure: row.try_get::<Option<Value>, _>("failure")?.map(|v| from_json(v, "saga failure")).transpose()?,
+        reply: row.try_get("reply")?,
+        reversed_by: row.try_get("reversed_by_saga_id")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub async fn load_sagas(conn: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<HashMap<Uuid, SagaRecord>, StoreError> {
+    let sql = format!("select {SAGA_COLUMNS} from ledger_saga where saga_id = any($1)");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await?;
+    rows.iter().map(|row| saga_record(row).map(|s| (s.saga_id, s))).collect()
+}
+
+pub async fn saga(conn: impl PgExecutor<'_>, tenant_id: Uuid, saga_id: Uuid) -> Result<Option<SagaRecord>, StoreError> {
+    let sql = format!("select {SAGA_COLUMNS} from ledger_saga where saga_id = $1 and tenant_id = $2");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(saga_id).bind(tenant_id).fetch_optional(conn).await?;
+    row.as_ref().map(saga_record).transpose()
+}
+
+/// Sagas not finished whose log has not moved for `idle_ms`: the ones to resume.
+pub async fn sagas_in_flight(conn: impl PgExecutor<'_>, idle_ms: i64, limit: i64) -> Result<Vec<SagaRecord>, StoreError> {
+    let sql = format!(
+        "select {SAGA_COLUMNS} from ledger_saga
+         where state in ('RUNNING', 'COMPENSATING') and updated_at < now() - make_interval(secs => $1::float8 / 1000)
+         order by updated_at limit $2"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(idle_ms as f64).bind(limit).fetch_all(conn).await?;
+    rows.iter().map(saga_record).collect()
+}
+
 // ---- reads -------------------------------------------------------------------------
 
 pub async fn account_object(
@@ -539,9 +641,16 @@ fn entry_reply(row: &PgRow) -> Result<EntryReply, StoreError> {
 
 /// The posting time window a ledger id can have been posted in: its v7 timestamp is the
 /// posting time truncated to the millisecond, which lets PostgreSQL prune partitions.
+///
+/// The legs of a saga carry the saga's id but post later, on other shards, possibly much
+/// later when a saga resumes after a crash: their window is open-ended (and starts a
+/// little early, for clocks that differ between database servers).
 fn posted_window(ledger_tx_id: Uuid) -> (DateTime<Utc>, DateTime<Utc>) {
     let millis = (ledger_tx_id.as_u128() >> 80) as i64;
     let start = DateTime::from_timestamp_millis(millis).unwrap_or_default();
+    if is_saga_id(ledger_tx_id) {
+        return (start - chrono::Duration::hours(1), DateTime::<Utc>::MAX_UTC);
+    }
     (start, start + chrono::Duration::milliseconds(1))
 }
 
@@ -713,4 +822,112 @@ pub async fn account_exists(conn: impl PgExecutor<'_>, tenant_id: Uuid, account_
         .bind(tenant_id)
         .fetch_one(conn)
         .await?)
+}
+
+// ---- sagas and audit ---------------------------------------------------------------
+
+/// Currency and type of the accounts that exist among `ids`.
+pub async fn account_facts(
+    conn: impl PgExecutor<'_>,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<ledger_protocol::internal::AccountFacts>, StoreError> {
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "select account_id, currency_code, account_type from ledger_account where account_id = any($1) and tenant_id = $2",
+    )
+    .bind(ids)
+    .bind(tenant_id)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(account_id, currency, kind)| {
+            Ok(ledger_protocol::internal::AccountFacts {
+                account_id,
+                currency,
+                account_type: AccountType::parse(&kind).ok_or_else(|| corrupt("account type", &kind))?,
+            })
+        })
+        .collect()
+}
+
+/// What this shard's database proves about itself (`ledger.v1.admin.audit`). Full scans:
+/// an operator's check, not a hot path.
+pub async fn audit(conn: &mut PgConnection, shard_id: u16) -> Result<ledger_protocol::internal::ShardAudit, StoreError> {
+    use ledger_protocol::internal::{ClearingTotal, CurrencyTotals, SagaInFlight, ShardAudit};
+    let accounts: i64 = sqlx::query_scalar("select count(*) from ledger_account").fetch_one(&mut *conn).await?;
+    let transactions: i64 = sqlx::query_scalar("select count(*) from ledger_transaction").fetch_one(&mut *conn).await?;
+    let projection_drift: Vec<Uuid> = sqlx::query_scalar(
+        "select b.account_id
+         from account_balance b
+         join ledger_account a on a.account_id = b.account_id
+         left join (select account_id,
+                           sum(amount_minor) filter (where entry_side = 'DEBIT') as debits,
+                           sum(amount_minor) filter (where entry_side = 'CREDIT') as credits,
+                           count(*) as entries
+                    from ledger_entry group by account_id) e on e.account_id = b.account_id
+         where b.debits_minor <> coalesce(e.debits, 0) or b.credits_minor <> coalesce(e.credits, 0)
+            or b.version <> coalesce(e.entries, 0)
+            or b.balance_minor <> case when a.account_type in ('ASSET', 'EXPENSE')
+                                       then coalesce(e.debits, 0) - coalesce(e.credits, 0)
+                                       else coalesce(e.credits, 0) - coalesce(e.debits, 0) end
+         order by b.account_id limit 100",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let unbalanced_transactions: Vec<Uuid> = sqlx::query_scalar(
+        "select distinct ledger_tx_id from (
+             select ledger_tx_id from ledger_entry group by ledger_tx_id, currency_code
+             having sum(case when entry_side = 'DEBIT' then amount_minor else -amount_minor end) <> 0
+         ) u order by ledger_tx_id limit 100",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let totals: Vec<(String, String, String)> = sqlx::query_as(
+        "select currency_code::text,
+                coalesce(sum(amount_minor) filter (where entry_side = 'DEBIT'), 0)::text,
+                coalesce(sum(amount_minor) filter (where entry_side = 'CREDIT'), 0)::text
+         from ledger_entry group by currency_code order by currency_code",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let totals = totals
+        .into_iter()
+        .map(|(currency, debits, credits)| {
+            Ok(CurrencyTotals {
+                currency,
+                debits_minor: debits.parse().map_err(|_| corrupt("sum", &debits))?,
+                credits_minor: credits.parse().map_err(|_| corrupt("sum", &credits))?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let clearing: Vec<(Uuid, String, i64)> = sqlx::query_as(
+        "select a.tenant_id, a.currency_code::text, sum(b.balance_minor)::int8
+         from ledger_account a join account_balance b on b.account_id = a.account_id
+         where a.account_code like '#clearing:%'
+         group by a.tenant_id, a.currency_code order by 1, 2",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let sagas: Vec<(Uuid, Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+        "select saga_id, tenant_id, state, updated_at from ledger_saga
+         where state in ('RUNNING', 'COMPENSATING') order by updated_at limit 100",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(ShardAudit {
+        shard_id,
+        accounts,
+        transactions,
+        projection_drift,
+        unbalanced_transactions,
+        totals,
+        clearing: clearing
+            .into_iter()
+            .map(|(tenant_id, currency, balance_minor)| ClearingTotal { tenant_id, currency, balance_minor })
+            .collect(),
+        sagas_in_flight: sagas
+            .into_iter()
+            .map(|(saga_id, tenant_id, state, updated_at)| SagaInFlight { saga_id, tenant_id, state, updated_at })
+            .collect(),
+    })
 }

@@ -32,10 +32,32 @@ pub enum ShardRequest {
         tenant_id: Uuid,
         by: TransactionLookup,
     },
-    /// The reply a post or reversal on this shard gave, for a replay decided elsewhere.
+    /// The reply a post or reversal gave, for a replay decided elsewhere: from the journal,
+    /// or, for a saga whose log is on this shard, the reply the saga stored.
     PostReply {
         ledger_tx_id: Uuid,
     },
+    /// Which of these accounts exist, with their currency and type.
+    AccountFacts {
+        tenant_id: Uuid,
+        account_ids: Vec<Uuid>,
+    },
+    /// A saga log whose home is this shard.
+    GetSaga {
+        tenant_id: Uuid,
+        saga_id: Uuid,
+    },
+    /// Unfinished sagas whose log has not moved for `idle_ms`, oldest first.
+    StaleSagas {
+        idle_ms: u64,
+        limit: u32,
+    },
+    /// This shard's transaction object of a saga leg (entries of this shard only).
+    GetLeg {
+        tenant_id: Uuid,
+        ledger_tx_id: Uuid,
+    },
+    Audit,
 }
 
 /// Answers to claims and completions (the body of a 200 [`ShardReply`]). Refusals
@@ -53,6 +75,18 @@ pub enum ClaimAnswer {
         ledger_tx_id: Option<Uuid>,
     },
     Completed,
+    /// A saga opened on this (home) shard.
+    SagaBegun {
+        record: Box<ledger_core::saga::SagaRecord>,
+    },
+    /// The key belongs to a saga still running.
+    SagaInFlight {
+        saga_id: Uuid,
+    },
+    /// A saga log as stored.
+    Saga {
+        record: Box<ledger_core::saga::SagaRecord>,
+    },
 }
 
 /// A lookup this shard cannot finish itself: the body `{"redirect": ...}` of a 200 reply.
@@ -63,6 +97,8 @@ pub enum Redirect {
     Transaction { ledger_tx_id: Uuid },
     /// The key was claimed here for a request that this shard decided; ask it.
     KeyOnShard { shard_id: u16 },
+    /// A cross-shard transaction: its log is here, its legs are on these shards.
+    Saga { record: Box<ledger_core::saga::SagaRecord> },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -177,4 +213,53 @@ impl ShardReply {
     pub fn body_value(&self) -> Value {
         serde_json::from_str(self.body.get()).unwrap_or(Value::Null)
     }
+}
+
+/// One shard's part of `ledger.v1.admin.audit`: what its database proves about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardAudit {
+    pub shard_id: u16,
+    pub accounts: i64,
+    pub transactions: i64,
+    /// Accounts whose stored balance, totals or version differ from their entries.
+    pub projection_drift: Vec<Uuid>,
+    /// Transactions whose entries do not balance per currency on this shard (a saga leg
+    /// balances on its own shard through the clearing account).
+    pub unbalanced_transactions: Vec<Uuid>,
+    /// Sum of entries per currency on this shard.
+    pub totals: Vec<CurrencyTotals>,
+    /// Balance of the clearing accounts per tenant and currency.
+    pub clearing: Vec<ClearingTotal>,
+    pub sagas_in_flight: Vec<SagaInFlight>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrencyTotals {
+    pub currency: String,
+    pub debits_minor: i128,
+    pub credits_minor: i128,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearingTotal {
+    pub tenant_id: Uuid,
+    pub currency: String,
+    pub balance_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaInFlight {
+    pub saga_id: Uuid,
+    pub tenant_id: Uuid,
+    pub state: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a shard knows about accounts, for a saga's plan: which exist, their currency and
+/// type (all fixed at creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountFacts {
+    pub account_id: Uuid,
+    pub currency: String,
+    pub account_type: ledger_core::money::AccountType,
 }

@@ -6,8 +6,13 @@
 //! hash ring, forwards the work to the shard that owns them, and relays the answer with
 //! the protocol's error headers.
 //!
-//! Transactions whose accounts live on different shards are refused with
-//! `INVALID_REQUEST` until the saga coordinator exists (see the README).
+//! Transactions whose accounts live on different shards run as sagas ([`saga`]); every
+//! router also resumes sagas whose coordinator died.
+
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+pub mod audit;
+mod saga;
 
 use anyhow::Context;
 use async_nats::service::ServiceExt;
@@ -17,7 +22,7 @@ use futures::StreamExt;
 use ledger_core::command::{
     ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, ExternalRef, KeyCompletion, RefCompletion,
 };
-use ledger_core::ids::shard_of_ledger_id;
+use ledger_core::ids::{is_saga_id, shard_of_ledger_id};
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::{HashRing, ShardId};
 use ledger_node::config::ClusterConfig;
@@ -73,6 +78,8 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
         );
     }
     let mut tasks = Vec::new();
+    let recovering = router.clone();
+    tasks.push(tokio::spawn(async move { recovering.recover_sagas().await }));
     for endpoint in endpoints {
         let mut endpoint = endpoint.map_err(|e| anyhow::anyhow!("add endpoint: {e}"))?;
         let router = router.clone();
@@ -126,7 +133,7 @@ impl Router {
 
     async fn dispatch(&self, subject: &str, payload: &[u8]) -> Result<ShardReply, Rejection> {
         if let Some(operation) = subject.strip_prefix("ledger.v1.admin.") {
-            return self.admin(operation, payload);
+            return self.admin(operation, payload).await;
         }
         let tenant_id = subject::tenant_of(subject)
             .ok_or_else(|| Rejection::invalid("subject", "the tenant id must be a lowercase canonical UUID"))?;
@@ -157,16 +164,28 @@ impl Router {
                 let shards: BTreeSet<ShardId> =
                     command.entries.iter().map(|e| self.ring.shard_for_account(e.account_id)).collect();
                 if shards.len() > 1 {
-                    return Err(Rejection::invalid(
-                        "entries",
-                        "the accounts live on different shards; cross-shard transactions are not supported yet",
-                    ));
+                    return Ok(self.cross_shard_post(command).await);
                 }
                 let target = *shards.first().expect("validated: at least two entries");
                 self.keyed_write(target, Command::Post(command)).await
             }
             "transactions.reverse" => {
                 let command = parse::<ReverseRequest>(payload)?.into_command(tenant_id)?;
+                if is_saga_id(command.ledger_tx_id)
+                    && let Some(home) = self.shard_of_transaction(command.ledger_tx_id)
+                {
+                    let ask = ShardRequest::GetSaga { tenant_id, saga_id: command.ledger_tx_id };
+                    let found = self.link.send(home, &ask).await;
+                    match found.status {
+                        200 => match serde_json::from_str(found.body.get()) {
+                            Ok(original) => return Ok(self.cross_shard_reverse(command, original).await),
+                            Err(error) => return Ok(ShardReply::internal(&format!("malformed saga log: {error}"))),
+                        },
+                        // an id minted before saga ids were flagged: an ordinary transaction
+                        404 => {}
+                        _ => return Ok(found),
+                    }
+                }
                 let target = self.shard_of_transaction(command.ledger_tx_id).ok_or(Rejection::TransactionNotFound)?;
                 self.keyed_write(target, Command::Reverse(command)).await
             }
@@ -178,14 +197,32 @@ impl Router {
         })
     }
 
-    fn admin(&self, operation: &str, payload: &[u8]) -> Result<ShardReply, Rejection> {
+    async fn admin(&self, operation: &str, payload: &[u8]) -> Result<ShardReply, Rejection> {
         match operation {
             "topology" => {
                 parse::<EmptyRequest>(payload)?;
                 Ok(ShardReply::ok(&self.topology()))
             }
+            "audit" => {
+                parse::<EmptyRequest>(payload)?;
+                Ok(self.audit().await)
+            }
             _ => Err(Rejection::invalid("subject", format!("unknown operator operation {operation}"))),
         }
+    }
+
+    /// Every shard's audit, read concurrently, and the cluster-wide checks.
+    async fn audit(&self) -> ShardReply {
+        let reads = self.ring.shards().iter().map(|shard| async move { (*shard, self.link.send(*shard, &ShardRequest::Audit).await) });
+        let mut parts = Vec::new();
+        let mut unreachable = Vec::new();
+        for (shard, reply) in futures::future::join_all(reads).await {
+            match serde_json::from_str::<ledger_protocol::internal::ShardAudit>(reply.body.get()) {
+                Ok(part) if reply.status == 200 => parts.push(part),
+                _ => unreachable.push((shard, reply.body_value())),
+            }
+        }
+        ShardReply::ok(&audit::summarize(&parts, &unreachable))
     }
 
     pub fn topology(&self) -> serde_json::Value {
@@ -233,6 +270,7 @@ impl Router {
                     TransactionLookup::Id(ledger_tx_id),
                 ),
                 Some(Redirect::KeyOnShard { shard_id }) => (shard_id, lookup.clone()),
+                Some(Redirect::Saga { record }) => return Ok(self.saga_transaction(&record).await),
             };
             reply = self.link.send(shard, &ShardRequest::GetTransaction { tenant_id, by }).await;
         }

@@ -1,0 +1,499 @@
+//! Cross-shard transactions as sagas: the pure part.
+//!
+//! A transaction whose accounts live on several shards is split into one *leg* per shard.
+//! Each leg is balanced on its own by entries on that shard's clearing account (one per
+//! tenant and currency, a system account that may go negative), so every shard's journal
+//! stays balanced and the clearing accounts of all shards sum to zero once no saga is in
+//! flight. Every leg of one saga carries the same `ledger_tx_id` (the saga id, which the
+//! client sees), in its own shard's database.
+//!
+//! The saga log ([`SagaRecord`]) lives on the home shard of the request's idempotency key
+//! and is written before the first leg. The coordinator is a loop around
+//! [`SagaRecord::next_action`]: do the next pending step; when a step is refused, undo
+//! the posted steps in reverse order; then finish. Every step and every undo is
+//! idempotent by (saga id, step) on the shard that executes it ([`step_key`],
+//! [`undo_key`]), and a step's refusal is stored there too, so a coordinator that
+//! resumes after a crash re-sends steps and gets the same answers: any number of
+//! coordinators reach the same end.
+
+use crate::command::{EntryCommand, ExternalRef};
+use crate::currency::Currency;
+use crate::money::{AccountType, Side};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+pub const TX_TYPE_SAGA_COMPENSATION: &str = "SAGA_COMPENSATION";
+
+/// Clearing accounts have codes that no client can create (clients may not use `#`).
+pub const CLEARING_CODE_PREFIX: &str = "#clearing";
+
+/// The clearing account of `tenant_id` on `shard_id` for `currency`.
+pub fn clearing_account_id(tenant_id: Uuid, shard_id: u16, currency: Currency) -> Uuid {
+    let name = format!("ledger:clearing:{}:{shard_id}:{currency}", tenant_id.hyphenated());
+    Uuid::new_v5(&crate::ids::ACCOUNT_NAMESPACE, name.as_bytes())
+}
+
+pub fn clearing_account_code(shard_id: u16, currency: Currency) -> String {
+    format!("{CLEARING_CODE_PREFIX}:{shard_id}:{currency}")
+}
+
+/// The clearing account is an asset of the shard: "due from the other shards".
+pub const CLEARING_ACCOUNT_TYPE: AccountType = AccountType::Asset;
+
+/// The idempotency key under which a leg shard records step `step` of `saga_id`. The unit
+/// separator keeps it out of the client key space (client keys are printable ASCII).
+pub fn step_key(saga_id: Uuid, step: usize) -> String {
+    format!("\u{1f}saga:{}:{step}", saga_id.hyphenated())
+}
+
+/// The idempotency key of the undo (compensation) of step `step` of `saga_id`.
+pub fn undo_key(saga_id: Uuid, step: usize) -> String {
+    format!("\u{1f}saga:{}:{step}:undo", saga_id.hyphenated())
+}
+
+/// A client entry in a leg, with its position in the client's request (1-based), which
+/// becomes its `entry_seq` in the leg: the legs' entries together number 1..=n.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegEntry {
+    pub seq: i32,
+    #[serde(flatten)]
+    pub entry: EntryCommand,
+}
+
+/// What one step does on its shard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum StepAction {
+    /// Post these client entries plus the clearing entries that balance them.
+    Post { entries: Vec<LegEntry> },
+    /// Mark saga transaction `of` (whose log is on this shard) as reversed by this saga.
+    ClaimReversal { of: Uuid },
+    /// Post the mirror of this shard's leg of saga transaction `of` (a reversal leg).
+    Mirror { of: Uuid },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum StepStatus {
+    Pending,
+    Posted,
+    Rejected,
+    Compensated,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaStep {
+    pub shard: u16,
+    #[serde(flatten)]
+    pub action: StepAction,
+    pub status: StepStatus,
+    /// Sends of this step and its undo, over every coordinator that drove the saga.
+    pub attempts: u32,
+    /// The compensating transaction, once the step was undone by a posting.
+    pub compensation_tx_id: Option<Uuid>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl SagaStep {
+    pub fn new(shard: u16, action: StepAction) -> SagaStep {
+        SagaStep { shard, action, status: StepStatus::Pending, attempts: 0, compensation_tx_id: None, updated_at: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SagaState {
+    Running,
+    Compensating,
+    Posted,
+    Compensated,
+}
+
+impl SagaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Running => "RUNNING",
+            SagaState::Compensating => "COMPENSATING",
+            SagaState::Posted => "POSTED",
+            SagaState::Compensated => "COMPENSATED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<SagaState> {
+        match text {
+            "RUNNING" => Some(SagaState::Running),
+            "COMPENSATING" => Some(SagaState::Compensating),
+            "POSTED" => Some(SagaState::Posted),
+            "COMPENSATED" => Some(SagaState::Compensated),
+            _ => None,
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SagaState::Posted | SagaState::Compensated)
+    }
+}
+
+/// The refused step that turned the saga around, with the refusal as its shard gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaFailure {
+    /// `None` when the saga was refused before any step (its external reference is taken).
+    pub step: Option<usize>,
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SagaKind {
+    Post,
+    Reverse { of: Uuid },
+}
+
+/// What every leg's journal row repeats from the client's request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LegHeader {
+    pub tx_type: String,
+    pub actor: String,
+    pub reason_code: Option<String>,
+    pub business_ref: Option<String>,
+    pub external_ref: Option<ExternalRef>,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub metadata: Value,
+    /// The number of client entries (the legs' clearing entries are numbered after them).
+    pub entry_count: usize,
+}
+
+/// The durable saga log of one cross-shard transaction (table `ledger_saga`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaRecord {
+    pub saga_id: Uuid,
+    pub tenant_id: Uuid,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+    #[serde(flatten)]
+    pub kind: SagaKind,
+    pub header: LegHeader,
+    pub steps: Vec<SagaStep>,
+    pub state: SagaState,
+    pub failure: Option<SagaFailure>,
+    /// The client's reply once the saga is terminal (a post reply, or the refusal).
+    pub reply: Option<Value>,
+    /// The reversal saga that claimed this (posted) transaction, if any.
+    pub reversed_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the coordinator does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextAction {
+    Do(usize),
+    Undo(usize),
+    FinishPosted,
+    FinishCompensated,
+}
+
+/// How a shard answered a step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepResult {
+    Posted,
+    Refused { status: u16, body: Value },
+}
+
+impl SagaRecord {
+    /// `None` once terminal.
+    pub fn next_action(&self) -> Option<NextAction> {
+        match self.state {
+            SagaState::Posted | SagaState::Compensated => None,
+            SagaState::Running => Some(
+                self.steps.iter().position(|s| s.status == StepStatus::Pending).map_or(NextAction::FinishPosted, NextAction::Do),
+            ),
+            SagaState::Compensating => Some(
+                self.steps
+                    .iter()
+                    .rposition(|s| s.status == StepStatus::Posted)
+                    .map_or(NextAction::FinishCompensated, NextAction::Undo),
+            ),
+        }
+    }
+
+    pub fn record_step(&mut self, step: usize, result: StepResult, now: DateTime<Utc>) {
+        if self.state != SagaState::Running || self.steps[step].status != StepStatus::Pending {
+            return;
+        }
+        let target = &mut self.steps[step];
+        target.updated_at = Some(now);
+        match result {
+            StepResult::Posted => target.status = StepStatus::Posted,
+            StepResult::Refused { status, body } => {
+                target.status = StepStatus::Rejected;
+                self.state = SagaState::Compensating;
+                self.failure = Some(SagaFailure { step: Some(step), status, body });
+            }
+        }
+        self.updated_at = now;
+    }
+
+    /// Turns a running saga back for a reason outside its steps.
+    pub fn refuse(&mut self, status: u16, body: Value, now: DateTime<Utc>) {
+        if self.state != SagaState::Running {
+            return;
+        }
+        self.state = SagaState::Compensating;
+        self.failure = Some(SagaFailure { step: None, status, body });
+        self.updated_at = now;
+    }
+
+    pub fn record_undo(&mut self, step: usize, compensation_tx_id: Option<Uuid>, now: DateTime<Utc>) {
+        if self.state != SagaState::Compensating || self.steps[step].status != StepStatus::Posted {
+            return;
+        }
+        let target = &mut self.steps[step];
+        target.status = StepStatus::Compensated;
+        target.compensation_tx_id = compensation_tx_id;
+        target.updated_at = Some(now);
+        self.updated_at = now;
+    }
+
+    pub fn finish(&mut self, reply: Value, now: DateTime<Utc>) {
+        match self.next_action() {
+            Some(NextAction::FinishPosted) => self.state = SagaState::Posted,
+            Some(NextAction::FinishCompensated) => self.state = SagaState::Compensated,
+            _ => return,
+        }
+        self.reply = Some(reply);
+        self.updated_at = now;
+    }
+
+    pub fn count_attempt(&mut self, step: usize) {
+        self.steps[step].attempts = self.steps[step].attempts.saturating_add(1);
+    }
+
+    /// Whether `newer` may replace this record: the state and every step only move
+    /// forward, and a terminal record never changes again (except its reversal claim,
+    /// which [`crate::batch`] changes through its own command).
+    pub fn accepts_progress(&self, newer: &SagaRecord) -> bool {
+        !self.state.is_terminal()
+            && newer.saga_id == self.saga_id
+            && newer.state >= self.state
+            && newer.steps.len() == self.steps.len()
+            && self.steps.iter().zip(&newer.steps).all(|(old, new)| new.status >= old.status && new.action == old.action)
+    }
+
+    /// The leg steps (those that post entries), in step order.
+    pub fn leg_steps(&self) -> impl Iterator<Item = (usize, &SagaStep)> {
+        self.steps.iter().enumerate().filter(|(_, s)| matches!(s.action, StepAction::Post { .. } | StepAction::Mirror { .. }))
+    }
+}
+
+/// Splits a transaction's entries into one leg per shard, in the order the saga posts
+/// them: legs that can be refused for funds or status (those that take money out of an
+/// account) first, legs that only bring money in after, so that a refusal usually comes
+/// before anything posted. Ties keep the order of first appearance in the request.
+/// `is_outgoing(entry)` says whether the entry lowers its account's balance.
+pub fn plan_legs(
+    entries: &[EntryCommand],
+    shard_of: impl Fn(Uuid) -> u16,
+    is_outgoing: impl Fn(&EntryCommand) -> bool,
+) -> Vec<(u16, Vec<LegEntry>)> {
+    let mut legs: Vec<(u16, Vec<LegEntry>)> = Vec::new();
+    for (index, entry) in entries.iter().enumerate() {
+        let shard = shard_of(entry.account_id);
+        let leg_entry = LegEntry { seq: index as i32 + 1, entry: entry.clone() };
+        match legs.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, leg)) => leg.push(leg_entry),
+            None => legs.push((shard, vec![leg_entry])),
+        }
+    }
+    // stable: ties keep their order of first appearance
+    legs.sort_by_key(|(_, leg)| !leg.iter().any(|e| is_outgoing(&e.entry)));
+    legs
+}
+
+/// The entries on `shard_id`'s clearing accounts that balance a leg, per currency,
+/// numbered after the client's `entry_count` entries.
+pub fn clearing_entries(tenant_id: Uuid, shard_id: u16, leg: &[LegEntry], entry_count: usize) -> Vec<LegEntry> {
+    let mut net: BTreeMap<Currency, i128> = BTreeMap::new();
+    for e in leg {
+        let amount = e.entry.amount_minor as i128;
+        *net.entry(e.entry.currency).or_default() += match e.entry.side {
+            Side::Debit => amount,
+            Side::Credit => -amount,
+        };
+    }
+    let mut clearing = Vec::new();
+    for (currency, debits_minus_credits) in net {
+        if debits_minus_credits == 0 {
+            continue;
+        }
+        let side = if debits_minus_credits > 0 { Side::Credit } else { Side::Debit };
+        clearing.push(LegEntry {
+            seq: (entry_count + clearing.len() + 1) as i32,
+            entry: EntryCommand {
+                account_id: clearing_account_id(tenant_id, shard_id, currency),
+                side,
+                // a leg's client entries are a subset of a validated transaction's, so the
+                // net per currency is bounded by the transaction's total, which fits in i64
+                amount_minor: i64::try_from(debits_minus_credits.unsigned_abs()).expect("bounded by the validated total"),
+                currency,
+            },
+        });
+    }
+    clearing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(account: u128, side: Side, amount: i64, currency: &str) -> EntryCommand {
+        EntryCommand {
+            account_id: Uuid::from_u128(account),
+            side,
+            amount_minor: amount,
+            currency: Currency::parse(currency).unwrap(),
+        }
+    }
+
+    fn record(steps: usize) -> SagaRecord {
+        let now = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+        SagaRecord {
+            saga_id: Uuid::from_u128(1),
+            tenant_id: Uuid::from_u128(2),
+            idempotency_key: "k".into(),
+            fingerprint: "f".into(),
+            kind: SagaKind::Post,
+            header: LegHeader {
+                tx_type: "T".into(),
+                actor: "a".into(),
+                reason_code: None,
+                business_ref: None,
+                external_ref: None,
+                occurred_at: None,
+                metadata: Value::Null,
+                entry_count: 2,
+            },
+            steps: (0..steps).map(|i| SagaStep::new(i as u16, StepAction::Post { entries: vec![] })).collect(),
+            state: SagaState::Running,
+            failure: None,
+            reply: None,
+            reversed_by: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn all_steps_posted_finishes_posted() {
+        let now = Utc::now();
+        let mut saga = record(3);
+        for step in 0..3 {
+            assert_eq!(saga.next_action(), Some(NextAction::Do(step)));
+            saga.record_step(step, StepResult::Posted, now);
+        }
+        assert_eq!(saga.next_action(), Some(NextAction::FinishPosted));
+        saga.finish(Value::Null, now);
+        assert_eq!(saga.state, SagaState::Posted);
+        assert_eq!(saga.next_action(), None);
+    }
+
+    #[test]
+    fn a_refused_step_undoes_the_posted_ones_in_reverse_order() {
+        let now = Utc::now();
+        let mut saga = record(4);
+        saga.record_step(0, StepResult::Posted, now);
+        saga.record_step(1, StepResult::Posted, now);
+        saga.record_step(2, StepResult::Refused { status: 422, body: Value::Null }, now);
+        assert_eq!(saga.state, SagaState::Compensating);
+        assert_eq!(saga.failure.as_ref().and_then(|f| f.step), Some(2));
+        assert_eq!(saga.next_action(), Some(NextAction::Undo(1)));
+        saga.record_undo(1, Some(Uuid::from_u128(9)), now);
+        assert_eq!(saga.next_action(), Some(NextAction::Undo(0)));
+        saga.record_undo(0, Some(Uuid::from_u128(10)), now);
+        assert_eq!(saga.next_action(), Some(NextAction::FinishCompensated));
+        saga.finish(Value::Null, now);
+        assert_eq!(saga.state, SagaState::Compensated);
+        assert_eq!(saga.steps[3].status, StepStatus::Pending, "never sent");
+    }
+
+    #[test]
+    fn late_or_repeated_results_do_not_move_a_saga_backwards() {
+        let now = Utc::now();
+        let mut saga = record(2);
+        saga.record_step(0, StepResult::Refused { status: 422, body: Value::Null }, now);
+        let turned = saga.clone();
+        saga.record_step(0, StepResult::Posted, now);
+        saga.record_step(1, StepResult::Posted, now);
+        assert_eq!(saga, turned);
+        saga.finish(Value::Null, now);
+        let done = saga.clone();
+        assert!(!done.accepts_progress(&turned), "a terminal record is final");
+        assert!(turned.accepts_progress(&done));
+        assert!(!done.clone().accepts_progress(&record(2)));
+        let mut regressed = turned.clone();
+        regressed.state = SagaState::Running;
+        assert!(!turned.accepts_progress(&regressed));
+    }
+
+    #[test]
+    fn legs_that_take_money_out_go_first_in_request_order() {
+        let entries = vec![
+            entry(1, Side::Credit, 100, "IDR"), // shard 1, incoming
+            entry(2, Side::Debit, 60, "IDR"),   // shard 2, outgoing
+            entry(3, Side::Debit, 40, "IDR"),   // shard 3, outgoing
+        ];
+        let legs = plan_legs(&entries, |id| id.as_u128() as u16, |e| e.side == Side::Debit);
+        assert_eq!(legs.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 3, 1]);
+        assert_eq!(legs[2].1[0].seq, 1);
+    }
+
+    fn balanced_entries() -> impl Strategy<Value = Vec<EntryCommand>> {
+        // pairs of opposite entries of random accounts and currencies: balanced per currency
+        prop::collection::vec((0u128..12, 0u128..12, 1i64..1_000_000, 0usize..2), 1..20).prop_map(|pairs| {
+            let currencies = ["IDR", "USD"];
+            let mut entries = Vec::new();
+            for (from, to, amount, currency) in pairs {
+                entries.push(entry(from, Side::Debit, amount, currencies[currency]));
+                entries.push(entry(to, Side::Credit, amount, currencies[currency]));
+            }
+            entries
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_leg_balances_and_clearing_nets_to_zero(entries in balanced_entries(), shards in 2u16..6) {
+            let tenant = Uuid::from_u128(77);
+            let legs = plan_legs(&entries, |id| (id.as_u128() % shards as u128) as u16, |e| e.side == Side::Debit);
+            let mut clearing_net: BTreeMap<Currency, i128> = BTreeMap::new();
+            let mut seqs = Vec::new();
+            for (shard, leg) in &legs {
+                let clearing = clearing_entries(tenant, *shard, leg, entries.len());
+                let mut net: BTreeMap<Currency, i128> = BTreeMap::new();
+                for e in leg.iter().chain(&clearing) {
+                    let signed = if e.entry.side == Side::Debit { e.entry.amount_minor as i128 } else { -(e.entry.amount_minor as i128) };
+                    *net.entry(e.entry.currency).or_default() += signed;
+                }
+                prop_assert!(net.values().all(|v| *v == 0), "leg on shard {} is balanced", shard);
+                for e in &clearing {
+                    prop_assert_eq!(e.entry.account_id, clearing_account_id(tenant, *shard, e.entry.currency));
+                    let signed = if e.entry.side == Side::Debit { e.entry.amount_minor as i128 } else { -(e.entry.amount_minor as i128) };
+                    *clearing_net.entry(e.entry.currency).or_default() += signed;
+                }
+                let mut leg_seqs: Vec<i32> = leg.iter().chain(&clearing).map(|e| e.seq).collect();
+                leg_seqs.sort();
+                leg_seqs.dedup();
+                prop_assert_eq!(leg_seqs.len(), leg.len() + clearing.len(), "entry_seq unique within a leg");
+                seqs.extend(leg.iter().map(|e| e.seq));
+            }
+            prop_assert!(clearing_net.values().all(|v| *v == 0), "clearing accounts net to zero over all legs");
+            seqs.sort();
+            prop_assert_eq!(seqs, (1..=entries.len() as i32).collect::<Vec<_>>(), "client entries keep their numbers");
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `ledger.v1.admin.audit`: every shard's own proof (projection drift, unbalanced
+//! transactions, clearing balances, sagas in flight) and the checks that only the whole
+//! cluster can make (debits = credits per currency; clearing accounts summing to zero
+//! per tenant and currency once no saga is in flight).
+
+use ledger_protocol::internal::ShardAudit;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// The audit report from the shards' parts; `unreachable` shards make it not ok.
+pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
+    let mut totals: BTreeMap<&str, (i128, i128)> = BTreeMap::new();
+    let mut clearing: BTreeMap<(Uuid, &str), i128> = BTreeMap::new();
+    for shard in shards {
+        for t in &shard.totals {
+            let sum = totals.entry(t.currency.as_str()).or_default();
+            sum.0 += t.debits_minor;
+            sum.1 += t.credits_minor;
+        }
+        for c in &shard.clearing {
+            *clearing.entry((c.tenant_id, c.currency.as_str())).or_default() += c.balance_minor as i128;
+        }
+    }
+    let sagas_in_flight: usize = shards.iter().map(|s| s.sagas_in_flight.len()).sum();
+    let currencies: Vec<Value> = totals
+        .iter()
+        .map(|(currency, (debits, credits))| {
+            json!({"currency": currency, "debits_minor": debits.to_string(), "credits_minor": credits.to_string(),
+                   "balanced": debits == credits})
+        })
+        .collect();
+    let clearing_nonzero: Vec<Value> = clearing
+        .iter()
+        .filter(|(_, sum)| **sum != 0)
+        .map(|((tenant, currency), sum)| json!({"tenant_id": tenant, "currency": currency, "sum_minor": sum.to_string()}))
+        .collect();
+    // while a saga is in flight its clearing entries may be half posted
+    let clearing_settled = clearing_nonzero.is_empty() || sagas_in_flight > 0;
+    let ok = unreachable.is_empty()
+        && shards.iter().all(|s| s.projection_drift.is_empty() && s.unbalanced_transactions.is_empty())
+        && totals.values().all(|(d, c)| d == c)
+        && clearing_settled;
+    json!({
+        "ok": ok,
+        "shards": shards,
+        "unreachable_shards": unreachable.iter().map(|(id, error)| json!({"shard_id": id, "error": error})).collect::<Vec<_>>(),
+        "cluster": {
+            "currencies": currencies,
+            "sagas_in_flight": sagas_in_flight,
+            "clearing_nonzero": clearing_nonzero,
+            "clearing_settled": clearing_settled,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_protocol::internal::{ClearingTotal, CurrencyTotals, SagaInFlight};
+
+    fn shard(id: u16, debits: i128, credits: i128, clearing: i64) -> ShardAudit {
+        ShardAudit {
+            shard_id: id,
+            totals: vec![CurrencyTotals { currency: "IDR".into(), debits_minor: debits, credits_minor: credits }],
+            clearing: vec![ClearingTotal { tenant_id: Uuid::nil(), currency: "IDR".into(), balance_minor: clearing }],
+            ..ShardAudit::default()
+        }
+    }
+
+    #[test]
+    fn a_settled_cluster_is_ok() {
+        let report = summarize(&[shard(0, 100, 100, -40), shard(1, 50, 50, 40)], &[]);
+        assert_eq!(report["ok"], true);
+    }
+
+    #[test]
+    fn cluster_wide_imbalance_or_unsettled_clearing_is_not_ok() {
+        assert_eq!(summarize(&[shard(0, 100, 90, 0)], &[])["ok"], false);
+        let unsettled = summarize(&[shard(0, 100, 100, -40), shard(1, 50, 50, 0)], &[]);
+        assert_eq!(unsettled["ok"], false);
+        assert_eq!(unsettled["cluster"]["clearing_nonzero"][0]["sum_minor"], "-40");
+        // the same clearing balance is expected while a saga is half way
+        let mut busy = shard(1, 50, 50, 0);
+        busy.sagas_in_flight.push(SagaInFlight {
+            saga_id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+            state: "RUNNING".into(),
+            updated_at: chrono::Utc::now(),
+        });
+        assert_eq!(summarize(&[shard(0, 100, 100, -40), busy], &[])["ok"], true);
+        assert_eq!(summarize(&[shard(0, 1, 1, 0)], &[(1, Value::Null)])["ok"], false);
+        let mut drifting = shard(0, 1, 1, 0);
+        drifting.projection_drift.push(Uuid::nil());
+        assert_eq!(summarize(&[drifting], &[])["ok"], false);
+    }
+}

@@ -1,0 +1,24 @@
+//! Test-only fault hooks, compiled in only with the `fault-injection` feature (the test
+//! crate turns it on; `cargo build --release -p ledger-router` leaves it out).
+//!
+//! `LEDGER_FAULT_HANG_BEFORE_STEP=<n>` makes the coordinator stop before it sends step `n`
+//! of a saga (not an undo): it writes the file named by `LEDGER_FAULT_MARKER` and then
+//! never goes on, so that a test can SIGKILL the process at exactly that point, between
+//! two legs.
+
+use std::time::Duration;
+
+pub async fn before_step(step: usize, undo: bool) {
+    let Some(target) = std::env::var("LEDGER_FAULT_HANG_BEFORE_STEP").ok().and_then(|v| v.parse::<usize>().ok()) else {
+        return;
+    };
+    if undo || step != target {
+        return;
+    }
+    if let Ok(marker) = std::env::var("LEDGER_FAULT_MARKER") {
+        let _ = std::fs::write(marker, format!("hanging before saga step {step}\n"));
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}

@@ -1,0 +1,489 @@
+//! The saga coordinator: cross-shard posts and reversals (see `ledger_core::saga` for the
+//! model). Any router runs it, for the requests it serves and, in its recovery loop, for
+//! sagas whose coordinator died: the saga log is on the key's home shard and every step
+//! is idempotent on its shard, so a coordinator holds nothing that a crash could lose.
+
+use crate::{Router, rejected};
+use chrono::Utc;
+use ledger_core::command::{Command, CompleteRefCommand, ClaimRefCommand, EntryCommand, PostCommand, RefCompletion, ReverseCommand};
+use ledger_core::ring::ShardId;
+use ledger_core::rejection::Rejection;
+use ledger_core::saga::{
+    LegHeader, NextAction, SagaKind, SagaRecord, SagaState, SagaStep, StepAction, StepResult, StepStatus,
+    clearing_account_id, plan_legs,
+};
+use ledger_core::command::{BeginSagaCommand, SagaProgressCommand, SagaStepCommand};
+use ledger_protocol::internal::{AccountFacts, ClaimAnswer, ShardReply, ShardRequest};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// How a shard answered a step or an undo.
+enum StepAnswer {
+    /// Executed now or before; the leg's reply when the step posts entries.
+    Done(Option<Value>),
+    Refused { status: u16, body: Value },
+    /// No answer (shard down, timeout): the outcome is unknown, send it again later.
+    Unknown(ShardReply),
+}
+
+/// Waits between re-sends of a step whose outcome is unknown.
+const STEP_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+impl Router {
+    /// A post whose accounts live on several shards.
+    pub(crate) async fn cross_shard_post(&self, command: PostCommand) -> ShardReply {
+        let facts = match self.account_facts(command.tenant_id, command.entries.iter().map(|e| e.account_id)).await {
+            Ok(facts) => facts,
+            Err(reply) => return reply,
+        };
+        // Refusals that consume no key are decided before anything is written.
+        for entry in &command.entries {
+            let Some(account) = facts.get(&entry.account_id) else {
+                return rejected(Rejection::AccountNotFound { account_id: Some(entry.account_id) });
+            };
+            if account.currency != entry.currency.as_str() {
+                return rejected(Rejection::CurrencyMismatch {
+                    account_id: entry.account_id,
+                    account_currency: account.currency.clone(),
+                    entry_currency: entry.currency.to_string(),
+                });
+            }
+        }
+        let legs = plan_legs(&command.entries, |id| self.ring.shard_for_account(id), |e| is_outgoing(&facts, e));
+        let steps = legs.into_iter().map(|(shard, entries)| SagaStep::new(shard, StepAction::Post { entries })).collect();
+        let header = LegHeader {
+            tx_type: command.tx_type.clone(),
+            actor: command.actor.clone(),
+            reason_code: command.reason_code.clone(),
+            business_ref: command.business_ref.clone(),
+            external_ref: command.external_ref.clone(),
+            occurred_at: command.occurred_at,
+            metadata: command.metadata.clone(),
+            entry_count: command.entries.len(),
+        };
+        let draft = draft(command.tenant_id, &command.idempotency_key, &command.fingerprint, SagaKind::Post, header, steps);
+        self.run_saga(draft).await
+    }
+
+    /// The reversal of a cross-shard transaction: claim the original on its saga's home
+    /// shard (a transaction is reversed at most once), then mirror each leg on its shard.
+    pub(crate) async fn cross_shard_reverse(&self, command: ReverseCommand, original: SagaRecord) -> ShardReply {
+        if original.state != SagaState::Posted {
+            return rejected(Rejection::TransactionNotFound);
+        }
+        let original_home = ledger_core::ids::shard_of_ledger_id(original.saga_id).expect("saga ids carry their shard");
+        let leg_entries: Vec<(u16, Vec<EntryCommand>)> = original
+            .leg_steps()
+            .map(|(_, step)| match &step.action {
+                StepAction::Post { entries } => (step.shard, entries.iter().map(|e| e.entry.clone()).collect()),
+                _ => (step.shard, Vec::new()),
+            })
+            .collect();
+        let all: Vec<Uuid> = leg_entries.iter().flat_map(|(_, e)| e.iter().map(|e| e.account_id)).collect();
+        let facts = match self.account_facts(command.tenant_id, all.into_iter()).await {
+            Ok(facts) => facts,
+            Err(reply) => return reply,
+        };
+        // a mirrored leg takes money out where the original brought it in
+        let mut mirrors: Vec<(u16, bool)> = leg_entries
+            .iter()
+            .map(|(shard, entries)| {
+                (*shard, entries.iter().any(|e| is_outgoing(&facts, &EntryCommand { side: e.side.opposite(), ..e.clone() })))
+            })
+            .collect();
+        mirrors.sort_by_key(|(_, outgoing)| !outgoing);
+        let mut steps = vec![SagaStep::new(original_home, StepAction::ClaimReversal { of: original.saga_id })];
+        steps.extend(mirrors.into_iter().map(|(shard, _)| SagaStep::new(shard, StepAction::Mirror { of: original.saga_id })));
+        let header = LegHeader {
+            tx_type: ledger_core::batch::TX_TYPE_REVERSAL.to_owned(),
+            actor: command.actor.clone(),
+            reason_code: Some(command.reason_code.clone()),
+            business_ref: original.header.business_ref.clone(),
+            external_ref: None,
+            occurred_at: None,
+            metadata: json!({}),
+            entry_count: original.header.entry_count,
+        };
+        let kind = SagaKind::Reverse { of: original.saga_id };
+        let draft = draft(command.tenant_id, &command.idempotency_key, &command.fingerprint, kind, header, steps);
+        self.run_saga(draft).await
+    }
+
+    /// Opens the saga on the key's home shard, claims its external reference, drives it
+    /// to its end, and answers as the saga log says.
+    async fn run_saga(&self, draft: SagaRecord) -> ShardReply {
+        let home = self.ring.shard_for_key(draft.tenant_id, &draft.idempotency_key);
+        let answer = self.link.write(home, Command::BeginSaga(Box::new(BeginSagaCommand { record: draft }))).await;
+        let record = match answer.as_claim() {
+            Some(ClaimAnswer::SagaBegun { record }) => *record,
+            Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
+            Some(ClaimAnswer::SagaInFlight { .. }) => return rejected(Rejection::InProgress),
+            // a conflict, a replayed refusal, IN_PROGRESS, or the home is unavailable
+            _ => return answer,
+        };
+        let deadline = Instant::now() + self.link.request_timeout;
+        match self.finish_saga(record, deadline).await {
+            Ok(record) => saga_reply(&record),
+            Err(unavailable) => unavailable,
+        }
+    }
+
+    /// Drives a saga to its end and settles its external reference; `Err` when shards
+    /// stayed unreachable until `deadline` (the saga stays in flight for recovery).
+    pub(crate) async fn finish_saga(&self, mut record: SagaRecord, deadline: Instant) -> Result<SagaRecord, ShardReply> {
+        if let Some(external_ref) = record.header.external_ref.clone()
+            && !record.state.is_terminal()
+        {
+            let home = self.ring.shard_for_key(record.tenant_id, &crate::external_ref_home_key(&external_ref));
+            let claim = ClaimRefCommand {
+                tenant_id: record.tenant_id,
+                external_ref: external_ref.clone(),
+                idempotency_key: record.idempotency_key.clone(),
+            };
+            let answer = self.link.write(home, Command::ClaimRef(claim)).await;
+            let refusal = match answer.as_claim() {
+                Some(ClaimAnswer::Claimed) => None,
+                Some(ClaimAnswer::Held { ledger_tx_id: Some(holder) }) => {
+                    Some(Rejection::DuplicateExternalRef { ledger_tx_id: holder })
+                }
+                Some(ClaimAnswer::Held { ledger_tx_id: None }) => Some(Rejection::InProgress),
+                _ => return Err(answer),
+            };
+            if let Some(refusal) = refusal {
+                record.refuse(refusal.status(), refusal.to_body(), Utc::now());
+            }
+        }
+        let record = self.drive(record, deadline).await?;
+        if let Some(external_ref) = record.header.external_ref.clone() {
+            let refused_for_the_reference = matches!(
+                record.failure.as_ref().and_then(|f| f.body.pointer("/error/code")).and_then(Value::as_str),
+                Some("DUPLICATE_EXTERNAL_REF" | "IN_PROGRESS")
+            ) && record.failure.as_ref().is_some_and(|f| f.step.is_none());
+            if !refused_for_the_reference {
+                let home = self.ring.shard_for_key(record.tenant_id, &crate::external_ref_home_key(&external_ref));
+                let completion = if record.state == SagaState::Posted {
+                    RefCompletion::Bound { ledger_tx_id: record.saga_id }
+                } else {
+                    RefCompletion::Released
+                };
+                let complete = CompleteRefCommand {
+                    tenant_id: record.tenant_id,
+                    external_ref,
+                    idempotency_key: record.idempotency_key.clone(),
+                    completion,
+                };
+                let answer = self.link.write(home, Command::CompleteRef(complete)).await;
+                if answer.status != 200 {
+                    return Err(answer);
+                }
+            }
+        }
+        Ok(record)
+    }
+
+    /// The coordinator loop: the next action of the log, executed, recorded, until the
+    /// saga is terminal.
+    async fn drive(&self, mut record: SagaRecord, deadline: Instant) -> Result<SagaRecord, ShardReply> {
+        let mut leg_replies: HashMap<usize, Value> = HashMap::new();
+        loop {
+            let Some(action) = record.next_action() else { return Ok(record) };
+            match action {
+                NextAction::Do(step) => {
+                    record.count_attempt(step);
+                    match self.send_step(&record, step, false).await {
+                        StepAnswer::Done(reply) => {
+                            if let Some(reply) = reply {
+                                leg_replies.insert(step, reply);
+                            }
+                            record.record_step(step, StepResult::Posted, Utc::now());
+                        }
+                        StepAnswer::Refused { status, body } => {
+                            record.record_step(step, StepResult::Refused { status, body }, Utc::now());
+                        }
+                        StepAnswer::Unknown(reply) => {
+                            pause_or_give_up(deadline, reply).await?;
+                            continue;
+                        }
+                    }
+                }
+                NextAction::Undo(step) => {
+                    record.count_attempt(step);
+                    match self.send_step(&record, step, true).await {
+                        StepAnswer::Done(reply) => {
+                            let compensation = reply.as_ref().and_then(|r| r["ledger_tx_id"].as_str()?.parse().ok());
+                            record.record_undo(step, compensation, Utc::now());
+                        }
+                        // a compensation refused (funds spent meanwhile, account closed) is
+                        // tried again until it posts: money is never left stranded
+                        StepAnswer::Refused { body, .. } => {
+                            warn!(saga_id = %record.saga_id, step, %body, "compensation refused; will retry");
+                            pause_or_give_up(deadline, ShardReply::with_status(503, &unavailable_body(&body))).await?;
+                            continue;
+                        }
+                        StepAnswer::Unknown(reply) => {
+                            pause_or_give_up(deadline, reply).await?;
+                            continue;
+                        }
+                    }
+                }
+                NextAction::FinishPosted => {
+                    // legs posted by an earlier coordinator replay their replies
+                    for (step, _) in record.leg_steps().map(|(i, s)| (i, s.clone())).collect::<Vec<_>>() {
+                        if leg_replies.contains_key(&step) {
+                            continue;
+                        }
+                        match self.send_step(&record, step, false).await {
+                            StepAnswer::Done(Some(reply)) => {
+                                leg_replies.insert(step, reply);
+                            }
+                            StepAnswer::Unknown(reply) => {
+                                pause_or_give_up(deadline, reply).await?;
+                            }
+                            _ => return Err(ShardReply::internal("a posted saga leg did not replay")),
+                        }
+                    }
+                    if leg_replies.len() < record.leg_steps().count() {
+                        continue;
+                    }
+                    let reply = posted_reply(&record, &leg_replies);
+                    record.finish(reply, Utc::now());
+                }
+                NextAction::FinishCompensated => {
+                    let reply = refusal_reply(&record);
+                    record.finish(reply, Utc::now());
+                }
+            }
+            record = self.save(record, deadline).await?;
+        }
+    }
+
+    /// Writes the coordinator's progress to the saga log; the log as stored wins (another
+    /// coordinator may have moved it further).
+    async fn save(&self, record: SagaRecord, deadline: Instant) -> Result<SagaRecord, ShardReply> {
+        let home = ledger_core::ids::shard_of_ledger_id(record.saga_id).expect("saga ids carry their shard");
+        loop {
+            let command = Command::SagaProgress(Box::new(SagaProgressCommand { record: record.clone() }));
+            let answer = self.link.write(home, command).await;
+            match answer.as_claim() {
+                Some(ClaimAnswer::Saga { record }) => return Ok(*record),
+                _ if answer.status >= 500 => pause_or_give_up(deadline, answer).await?,
+                _ => return Err(ShardReply::internal(&format!("saga log refused progress: {}", answer.body.get()))),
+            }
+        }
+    }
+
+    async fn send_step(&self, record: &SagaRecord, step: usize, undo: bool) -> StepAnswer {
+        let target = &record.steps[step];
+        #[cfg(feature = "fault-injection")]
+        crate::faults::before_step(step, undo).await;
+        let command = SagaStepCommand {
+            tenant_id: record.tenant_id,
+            saga_id: record.saga_id,
+            step,
+            undo,
+            action: target.action.clone(),
+            header: record.header.clone(),
+        };
+        let reply = self.link.write(target.shard, Command::SagaStep(Box::new(command))).await;
+        match reply.status {
+            200 => match reply.as_claim() {
+                Some(ClaimAnswer::Completed) => StepAnswer::Done(None),
+                _ => StepAnswer::Done(Some(reply.body_value())),
+            },
+            status if status >= 500 => StepAnswer::Unknown(reply),
+            status => StepAnswer::Refused { status, body: reply.body_value() },
+        }
+    }
+
+    /// Facts about accounts, from their shards, read concurrently.
+    async fn account_facts(
+        &self,
+        tenant_id: Uuid,
+        accounts: impl Iterator<Item = Uuid>,
+    ) -> Result<HashMap<Uuid, AccountFacts>, ShardReply> {
+        let mut by_shard: BTreeMap<ShardId, Vec<Uuid>> = BTreeMap::new();
+        for id in accounts {
+            by_shard.entry(self.ring.shard_for_account(id)).or_default().push(id);
+        }
+        let reads = by_shard.into_iter().map(|(shard, account_ids)| async move {
+            self.link.send(shard, &ShardRequest::AccountFacts { tenant_id, account_ids }).await
+        });
+        let mut facts = HashMap::new();
+        for reply in futures::future::join_all(reads).await {
+            if reply.status != 200 {
+                return Err(reply);
+            }
+            let found: Vec<AccountFacts> = serde_json::from_str(reply.body.get())
+                .map_err(|e| ShardReply::internal(&format!("malformed account facts: {e}")))?;
+            facts.extend(found.into_iter().map(|f| (f.account_id, f)));
+        }
+        Ok(facts)
+    }
+
+    /// Resumes sagas whose coordinator stopped, on every shard, forever.
+    pub(crate) async fn recover_sagas(&self) {
+        let interval = Duration::from_millis(self.config.limits.saga_recovery_interval_ms);
+        loop {
+            tokio::time::sleep(interval).await;
+            for shard in self.ring.shards().to_vec() {
+                let ask = ShardRequest::StaleSagas { idle_ms: self.config.limits.saga_resume_after_ms, limit: 100 };
+                let reply = self.link.send(shard, &ask).await;
+                let Ok(records) = serde_json::from_str::<Vec<SagaRecord>>(reply.body.get()) else { continue };
+                for record in records {
+                    let saga_id = record.saga_id;
+                    info!(%saga_id, shard, state = record.state.as_str(), "resuming an abandoned saga");
+                    let deadline = Instant::now() + self.link.request_timeout;
+                    match self.finish_saga(record, deadline).await {
+                        Ok(done) => info!(%saga_id, state = done.state.as_str(), "saga resumed to its end"),
+                        Err(reply) => warn!(%saga_id, reply = reply.body.get(), "saga still cannot finish; will retry"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn draft(tenant_id: Uuid, key: &str, fingerprint: &str, kind: SagaKind, header: LegHeader, steps: Vec<SagaStep>) -> SagaRecord {
+    let now = Utc::now();
+    SagaRecord {
+        saga_id: Uuid::nil(),
+        tenant_id,
+        idempotency_key: key.to_owned(),
+        fingerprint: fingerprint.to_owned(),
+        kind,
+        header,
+        steps,
+        state: SagaState::Running,
+        failure: None,
+        reply: None,
+        reversed_by: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn is_outgoing(facts: &HashMap<Uuid, AccountFacts>, entry: &EntryCommand) -> bool {
+    facts.get(&entry.account_id).is_some_and(|f| entry.side != f.account_type.normal_side())
+}
+
+async fn pause_or_give_up(deadline: Instant, reply: ShardReply) -> Result<(), ShardReply> {
+    if Instant::now() + STEP_RETRY_PAUSE >= deadline {
+        return Err(reply);
+    }
+    tokio::time::sleep(STEP_RETRY_PAUSE).await;
+    Ok(())
+}
+
+fn unavailable_body(refusal: &Value) -> Value {
+    json!({"error": {"code": "SHARD_UNAVAILABLE",
+                     "message": "a compensation of the transaction is waiting to post; retry with the same key",
+                     "details": {"compensation_refused": refusal}}})
+}
+
+/// The client's reply of a terminal saga, as stored in its log.
+pub(crate) fn saga_reply(record: &SagaRecord) -> ShardReply {
+    let reply = record.reply.clone().unwrap_or(Value::Null);
+    match (&record.state, &record.failure) {
+        (SagaState::Posted, _) => ShardReply::ok(&reply),
+        (_, Some(failure)) => ShardReply::with_status(failure.status, &reply),
+        _ => ShardReply::internal("a saga ended without its reply"),
+    }
+}
+
+/// One post reply for the whole transaction: the client's entries from every leg, in
+/// their request order; clearing entries are the ledger's own bookkeeping and stay out.
+fn posted_reply(record: &SagaRecord, leg_replies: &HashMap<usize, Value>) -> Value {
+    let mut entries: Vec<Value> = Vec::new();
+    let mut posted_at = String::new();
+    for (step, reply) in leg_replies {
+        let shard = record.steps[*step].shard;
+        if let Some(at) = reply["posted_at"].as_str()
+            && at > posted_at.as_str()
+        {
+            posted_at = at.to_owned();
+        }
+        for entry in reply["entries"].as_array().into_iter().flatten() {
+            let account: Option<Uuid> = entry["account_id"].as_str().and_then(|a| a.parse().ok());
+            let currency = entry["currency"].as_str().and_then(ledger_core::currency::Currency::parse);
+            let is_clearing = matches!((account, currency), (Some(a), Some(c)) if a == clearing_account_id(record.tenant_id, shard, c));
+            if !is_clearing {
+                entries.push(entry.clone());
+            }
+        }
+    }
+    entries.sort_by_key(|e| e["entry_seq"].as_i64().unwrap_or(i64::MAX));
+    json!({
+        "ledger_tx_id": record.saga_id,
+        "status": "POSTED",
+        "posted_at": posted_at,
+        "replayed": false,
+        "entries": entries,
+    })
+}
+
+/// The refusal that turned the saga back, with the saga's story in `details.saga`.
+fn refusal_reply(record: &SagaRecord) -> Value {
+    let Some(failure) = &record.failure else { return Value::Null };
+    let mut body = failure.body.clone();
+    let compensations: Vec<Value> = record
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.status == StepStatus::Compensated)
+        .map(|(i, s)| json!({"step": i, "shard": s.shard, "ledger_tx_id": s.compensation_tx_id}))
+        .collect();
+    let failed_leg = failure.step.map(|i| json!({"step": i, "shard": record.steps[i].shard}));
+    if let Some(details) = body.pointer_mut("/error/details")
+        && details.is_object()
+    {
+        details["saga"] = json!({
+            "saga_id": record.saga_id,
+            "failed_leg": failed_leg,
+            "compensations": compensations,
+        });
+    }
+    body
+}
+
+impl Router {
+    /// `transactions.get` of a cross-shard transaction: its legs, read from their shards,
+    /// as one transaction object.
+    pub(crate) async fn saga_transaction(&self, record: &SagaRecord) -> ShardReply {
+        let reads = record.leg_steps().map(|(step, leg)| {
+            let ask = ShardRequest::GetLeg { tenant_id: record.tenant_id, ledger_tx_id: record.saga_id };
+            async move { (step, self.link.send(leg.shard, &ask).await) }
+        });
+        let mut legs = HashMap::new();
+        for (step, reply) in futures::future::join_all(reads).await {
+            if reply.status != 200 {
+                return reply;
+            }
+            legs.insert(step, reply.body_value());
+        }
+        let merged = posted_reply(record, &legs);
+        let Some(first) = legs.values().next() else { return ShardReply::internal("a saga without legs") };
+        let reverses = match record.kind {
+            SagaKind::Reverse { of } => Some(of),
+            SagaKind::Post => None,
+        };
+        ShardReply::ok(&json!({
+            "ledger_tx_id": record.saga_id,
+            "type": record.header.tx_type,
+            "status": if record.reversed_by.is_some() { "REVERSED" } else { "POSTED" },
+            "entries": merged["entries"],
+            "reverses_ledger_tx_id": reverses,
+            "reversed_by_ledger_tx_id": record.reversed_by,
+            "occurred_at": first["occurred_at"],
+            "posted_at": merged["posted_at"],
+            "actor": record.header.actor,
+            "business_ref": record.header.business_ref,
+            "external_ref": record.header.external_ref,
+            "reason_code": record.header.reason_code,
+            "metadata": record.header.metadata,
+        }))
+    }
+}
