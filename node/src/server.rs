@@ -268,15 +268,6 @@ async fn get_transaction(
     by: TransactionLookup,
 ) -> Result<ShardReply, store::StoreError> {
     let id = match by {
-        TransactionLookup::Id(id) if is_saga_id(id) && shard_of_ledger_id(id) == Some(runtime.shard_id) => {
-            match store::saga(&runtime.pool, tenant_id, id).await? {
-                Some(record) if record.state == SagaState::Posted => {
-                    return Ok(ShardReply::redirect(Redirect::Saga { record: Box::new(record) }));
-                }
-                Some(_) => return Ok(ShardReply::rejected(&Rejection::TransactionNotFound)),
-                None => Some(id),
-            }
-        }
         TransactionLookup::Id(id) => Some(id),
         TransactionLookup::IdempotencyKey(key) => match store::lookup_key(&runtime.pool, tenant_id, &key).await? {
             store::KeyLookup::Transaction(id) => Some(id),
@@ -290,6 +281,17 @@ async fn get_transaction(
     let Some(id) = id else { return Ok(ShardReply::rejected(&Rejection::TransactionNotFound)) };
     if shard_of_ledger_id(id) != Some(runtime.shard_id) {
         return Ok(ShardReply::redirect(Redirect::Transaction { ledger_tx_id: id }));
+    }
+    // A saga's log is on the shard its id names; its legs are elsewhere.
+    if is_saga_id(id) {
+        match store::saga(&runtime.pool, tenant_id, id).await? {
+            Some(record) if record.state == SagaState::Posted => {
+                return Ok(ShardReply::redirect(Redirect::Saga { record: Box::new(record) }));
+            }
+            Some(_) => return Ok(ShardReply::rejected(&Rejection::TransactionNotFound)),
+            // an id minted before saga ids were flagged: an ordinary transaction
+            None => {}
+        }
     }
     let mut conn = runtime.pool.acquire().await?;
     Ok(match store::transaction_object(&mut conn, tenant_id, id).await? {

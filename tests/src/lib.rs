@@ -109,7 +109,8 @@ pub struct Cluster {
 pub fn cluster_toml(name: &str, nats_url: &str, database_urls: &[String]) -> String {
     let mut text = format!(
         "[cluster]\nname = \"{name}\"\nnats_url = \"{nats_url}\"\n[ring]\nvirtual_nodes_per_shard = 128\n\
-         [limits]\nrequest_timeout_ms = 5000\n"
+         [limits]\nrequest_timeout_ms = 5000\n\
+         saga_resume_after_ms = 1500\nsaga_recovery_interval_ms = 250\n"
     );
     for (id, url) in database_urls.iter().enumerate() {
         text.push_str(&format!("[[shards]]\nid = {id}\ndatabase_url = \"{url}\"\npool_size = 4\n"));
@@ -203,6 +204,21 @@ impl Cluster {
             Some((code, status))
         });
         Reply { body, error_header }
+    }
+
+    /// `n` account codes starting with `tag` that the ring places on `shard`.
+    pub fn codes_on(&self, shard: u16, tag: &str, n: usize) -> Vec<String> {
+        let ring = self.config.ring();
+        (0..)
+            .map(|i| format!("{tag}-{i}"))
+            .filter(|code| ring.shard_for_account(ledger_core::ids::account_id(self.tenant, code)) == shard)
+            .take(n)
+            .collect()
+    }
+
+    /// `ledger.v1.admin.audit`.
+    pub async fn audit(&self) -> Value {
+        self.raw("ledger.v1.admin.audit", b"{}".to_vec()).await.ok()
     }
 
     pub async fn create_account(&self, code: &str, account_type: &str, currency: &str, allow_negative: bool) -> Value {

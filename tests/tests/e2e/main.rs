@@ -9,3 +9,4 @@ mod reversal;
 mod service;
 mod sharded;
 mod writer;
+mod saga;

@@ -22,7 +22,7 @@ async fn the_ledger_service_answers_discovery_and_topology() {
 }
 
 #[tokio::test]
-async fn accounts_spread_over_shards_and_cross_shard_posts_are_refused_for_now() {
+async fn accounts_spread_over_shards_and_both_kinds_of_transfer_post() {
     let cluster = Cluster::start(2).await;
     let ring = cluster.config.ring();
     let codes: Vec<String> = (0..40).map(|i| format!("acct-{i}")).collect();
@@ -36,8 +36,9 @@ async fn accounts_spread_over_shards_and_cross_shard_posts_are_refused_for_now()
     let found = cluster.call("transactions.get", json!({"ledger_tx_id": posted["ledger_tx_id"]})).await.ok();
     assert_eq!(found["entries"].as_array().unwrap().len(), 2);
     cluster.call("transactions.get", json!({"idempotency_key": "same"})).await.ok();
-    let error = cluster.transfer("cross", same[0], other, 10, "IDR").await.err("INVALID_REQUEST", 400);
-    assert!(error["message"].as_str().unwrap().contains("different shards"));
+    let cross = cluster.transfer("cross", same[0], other, 10, "IDR").await.ok();
+    assert!(ledger_core::ids::is_saga_id(cross["ledger_tx_id"].as_str().unwrap().parse().unwrap()));
+    assert!(!ledger_core::ids::is_saga_id(posted["ledger_tx_id"].as_str().unwrap().parse().unwrap()));
     for shard in 0..2 {
         let db = cluster.db(shard).await;
         let count: i64 = sqlx::query_scalar("select count(*) from ledger_account").fetch_one(&db).await.unwrap();
