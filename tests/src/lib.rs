@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+pub mod procs;
+
 pub fn pg_server_url() -> String {
     std::env::var("LEDGER_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
@@ -24,7 +26,7 @@ fn free_port() -> u16 {
 
 /// A private nats-server with JetStream; killed on drop.
 pub struct NatsServer {
-    child: Child,
+    child: std::sync::Mutex<Child>,
     pub url: String,
     pub port: u16,
     store_dir: std::path::PathBuf,
@@ -34,28 +36,45 @@ impl NatsServer {
     pub async fn start() -> NatsServer {
         let port = free_port();
         let store_dir = std::env::temp_dir().join(format!("ledger-test-nats-{}-{port}", std::process::id()));
+        let child = NatsServer::spawn(port, &store_dir).await;
+        NatsServer { child: std::sync::Mutex::new(child), url: format!("nats://127.0.0.1:{port}"), port, store_dir }
+    }
+
+    async fn spawn(port: u16, store_dir: &std::path::Path) -> Child {
         let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
         let child = Command::new(&binary)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(&store_dir)
+            .arg(store_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {binary}: {e} (set NATS_SERVER_BIN or put nats-server on PATH)"));
-        let url = format!("nats://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        NatsServer { child, url, port, store_dir }
+        child
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and store: clients
+    /// reconnect, JetStream keeps its streams.
+    pub async fn restart(&self) {
+        {
+            let mut child = self.child.lock().expect("not poisoned");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let fresh = NatsServer::spawn(self.port, &self.store_dir).await;
+        *self.child.lock().expect("not poisoned") = fresh;
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let child = self.child.get_mut().expect("not poisoned");
+        let _ = child.kill();
+        let _ = child.wait();
         let _ = std::fs::remove_dir_all(&self.store_dir);
     }
 }

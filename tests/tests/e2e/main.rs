@@ -10,3 +10,4 @@ mod service;
 mod sharded;
 mod writer;
 mod saga;
+mod faults;
