@@ -109,7 +109,7 @@ fn start_load(work: &Workload, clients: usize, stop: Arc<AtomicBool>) -> Vec<tok
             let users = work.users.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
-                let mut random = Tiny(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1) * 0x2545_f491_4f6c_dd1d);
+                let mut random = Tiny(0x9e37_79b9_7f4a_7c15 ^ ((client as u64 + 1) * 0x2545_f491_4f6c_dd1d));
                 let mut record = Vec::new();
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
