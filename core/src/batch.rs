@@ -10,16 +10,16 @@
 
 use crate::account::{AccountState, AccountStatus, EntryEffect};
 use crate::command::{
-    ClaimKeyCommand, ClaimRefCommand, Command, SagaStepCommand, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand, EntryCommand,
-    ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SetStatusCommand,
+    ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand, EntryCommand,
+    ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SagaStepCommand, SetStatusCommand,
 };
 use crate::currency::Currency;
 use crate::ids::IdSource;
 use crate::money::Side;
 use crate::rejection::Rejection;
 use crate::saga::{
-    CLEARING_ACCOUNT_TYPE, LegEntry, SagaRecord, SagaState, StepAction, TX_TYPE_SAGA_COMPENSATION,
-    clearing_account_code, clearing_entries,
+    CLEARING_ACCOUNT_TYPE, LegEntry, SagaRecord, SagaState, StepAction, TX_TYPE_SAGA_COMPENSATION, clearing_account_code,
+    clearing_entries,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -761,7 +761,8 @@ impl<I: IdSource> Planner<'_, I> {
         if let Some(answer) = self.check_key(tenant_id, key, fingerprint) {
             return answer;
         }
-        if let Some(KeyRecord { outcome: KeyOutcome::Processing { .. }, .. }) = self.snapshot.keys.get(&(tenant_id, key.clone())) {
+        if let Some(KeyRecord { outcome: KeyOutcome::Processing { .. }, .. }) = self.snapshot.keys.get(&(tenant_id, key.clone()))
+        {
             // claimed for a single-shard request with this very body: cannot be a saga too
             return Outcome::Rejected(Rejection::InProgress);
         }
@@ -1795,7 +1796,9 @@ mod tests {
         #[test]
         fn a_turned_back_saga_stores_its_refusal_as_a_single_shard_request_would() {
             let mut shard = Shard::new();
-            for (key, status, code, stored) in [("funds", 422, "INSUFFICIENT_FUNDS", true), ("missing", 404, "ACCOUNT_NOT_FOUND", false)] {
+            for (key, status, code, stored) in
+                [("funds", 422, "INSUFFICIENT_FUNDS", true), ("missing", 404, "ACCOUNT_NOT_FOUND", false)]
+            {
                 let Outcome::SagaBegun(record) = begin(&mut shard, key, "f") else { panic!() };
                 let mut done = (*record).clone();
                 let body = json!({"error": {"code": code, "message": "", "details": {}}});

@@ -10,8 +10,8 @@ use futures::StreamExt;
 use ledger_core::batch::Outcome;
 use ledger_core::command::Command;
 use ledger_core::ids::{is_saga_id, shard_of_ledger_id};
-use ledger_core::saga::SagaState;
 use ledger_core::rejection::Rejection;
+use ledger_core::saga::SagaState;
 use ledger_protocol::internal::{ClaimAnswer, Redirect, ShardReply, ShardRequest, TransactionLookup};
 use ledger_protocol::reply::PostReply;
 use ractor::{Actor, ActorRef};
@@ -354,7 +354,9 @@ async fn reply_for(runtime: &ShardRuntime, tenant_id: Uuid, is_claim: bool, outc
         Outcome::RefHeld { ledger_tx_id } => ShardReply::claim(ClaimAnswer::Held { ledger_tx_id }),
         Outcome::Completed => ShardReply::claim(ClaimAnswer::Completed),
         Outcome::SagaBegun(record) => ShardReply::claim(ClaimAnswer::SagaBegun { record }),
-        Outcome::SagaInFlight { saga_id } => ShardReply::claim(ClaimAnswer::SagaInFlight { saga_id }),
+        Outcome::SagaInFlight { saga_id } if is_claim => ShardReply::claim(ClaimAnswer::SagaInFlight { saga_id }),
+        // a post or reversal whose key a running saga holds: the client retries later
+        Outcome::SagaInFlight { .. } => ShardReply::rejected(&Rejection::InProgress),
         Outcome::Saga(record) => ShardReply::claim(ClaimAnswer::Saga { record }),
     }
 }

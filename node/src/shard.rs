@@ -264,8 +264,8 @@ impl ShardState {
             commands.iter().flat_map(|c| c.keys_read().into_iter().map(|k| (c.tenant_id(), k))).collect();
         // Claims, completions and saga commands need the records; posts and reversals can
         // assume new keys.
-        let keys_assumed_new = optimistic
-            && !commands.iter().any(|c| matches!(c, Command::ClaimKey(_) | Command::CompleteKey(_)) || c.is_saga());
+        let keys_assumed_new =
+            optimistic && !commands.iter().any(|c| matches!(c, Command::ClaimKey(_) | Command::CompleteKey(_)) || c.is_saga());
         if !keys.is_empty() && !keys_assumed_new {
             snapshot.keys = store::load_keys(&mut *conn, &keys).await?;
         }

@@ -12,8 +12,8 @@ use ledger_core::command::{EntryCommand, ExternalRef};
 use ledger_core::currency::Currency;
 use ledger_core::fingerprint::attributes_digest;
 use ledger_core::ids::is_saga_id;
-use ledger_core::saga::{SagaKind, SagaRecord, SagaState};
 use ledger_core::money::{AccountType, Side};
+use ledger_core::saga::{SagaKind, SagaRecord, SagaState};
 use ledger_protocol::internal::StatementQuery;
 use ledger_protocol::reply::{
     AccountObject, BalanceObject, EntryReply, PostReply, StatementEntry, StatementReply, TransactionObject,
@@ -163,11 +163,13 @@ pub async fn load_keys(
                 status: row.try_get::<Option<i32>, _>("response_code")?.unwrap_or(500) as u16,
                 body: row.try_get::<Option<Value>, _>("response_body")?.unwrap_or(Value::Null),
             },
-            "PROCESSING" => match (row.try_get::<Option<i32>, _>("target_shard")?, row.try_get::<Option<Uuid>, _>("ledger_tx_id")?) {
-                (Some(target), _) => KeyOutcome::Processing { target_shard: target as u16 },
-                (None, Some(saga_id)) => KeyOutcome::SagaRunning { saga_id },
-                (None, None) => return Err(corrupt("claim without target or saga", &status)),
-            },
+            "PROCESSING" => {
+                match (row.try_get::<Option<i32>, _>("target_shard")?, row.try_get::<Option<Uuid>, _>("ledger_tx_id")?) {
+                    (Some(target), _) => KeyOutcome::Processing { target_shard: target as u16 },
+                    (None, Some(saga_id)) => KeyOutcome::SagaRunning { saga_id },
+                    (None, None) => return Err(corrupt("claim without target or saga", &status)),
+                }
+            }
             "FAILED_RETRYABLE" => KeyOutcome::Retryable,
             other => return Err(corrupt("idempotency status", other)),
         };
@@ -272,10 +274,7 @@ pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Has
 
 /// Whether a batch needs more than the one-statement write (rare commands).
 pub fn needs_transaction(writes: &Writes) -> bool {
-    !writes.accounts.is_empty()
-        || !writes.status_changes.is_empty()
-        || !writes.ref_claims.is_empty()
-        || !writes.sagas.is_empty()
+    !writes.accounts.is_empty() || !writes.status_changes.is_empty() || !writes.ref_claims.is_empty() || !writes.sagas.is_empty()
 }
 
 /// Writes a planned batch. Postings go in ONE statement; the rare rows (new accounts,

@@ -9,9 +9,9 @@
 //! Transactions whose accounts live on different shards run as sagas ([`saga`]); every
 //! router also resumes sagas whose coordinator died.
 
+pub mod audit;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
-pub mod audit;
 mod saga;
 
 use anyhow::Context;
@@ -213,7 +213,8 @@ impl Router {
 
     /// Every shard's audit, read concurrently, and the cluster-wide checks.
     async fn audit(&self) -> ShardReply {
-        let reads = self.ring.shards().iter().map(|shard| async move { (*shard, self.link.send(*shard, &ShardRequest::Audit).await) });
+        let reads =
+            self.ring.shards().iter().map(|shard| async move { (*shard, self.link.send(*shard, &ShardRequest::Audit).await) });
         let mut parts = Vec::new();
         let mut unreachable = Vec::new();
         for (shard, reply) in futures::future::join_all(reads).await {
@@ -311,6 +312,7 @@ impl Router {
             match answer.as_claim() {
                 Some(ClaimAnswer::Claimed) => {}
                 Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
+                Some(ClaimAnswer::SagaInFlight { .. }) => return rejected(Rejection::InProgress),
                 // a conflict, a replayed rejection, or the home is unavailable
                 _ => return answer,
             }

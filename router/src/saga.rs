@@ -5,14 +5,16 @@
 
 use crate::{Router, rejected};
 use chrono::Utc;
-use ledger_core::command::{Command, CompleteRefCommand, ClaimRefCommand, EntryCommand, PostCommand, RefCompletion, ReverseCommand};
-use ledger_core::ring::ShardId;
-use ledger_core::rejection::Rejection;
-use ledger_core::saga::{
-    LegHeader, NextAction, SagaKind, SagaRecord, SagaState, SagaStep, StepAction, StepResult, StepStatus,
-    clearing_account_id, plan_legs,
+use ledger_core::command::{
+    BeginSagaCommand, ClaimRefCommand, Command, CompleteRefCommand, EntryCommand, PostCommand, RefCompletion, ReverseCommand,
+    SagaProgressCommand, SagaStepCommand,
 };
-use ledger_core::command::{BeginSagaCommand, SagaProgressCommand, SagaStepCommand};
+use ledger_core::rejection::Rejection;
+use ledger_core::ring::ShardId;
+use ledger_core::saga::{
+    LegHeader, NextAction, SagaKind, SagaRecord, SagaState, SagaStep, StepAction, StepResult, StepStatus, clearing_account_id,
+    plan_legs,
+};
 use ledger_protocol::internal::{AccountFacts, ClaimAnswer, ShardReply, ShardRequest};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +27,10 @@ use uuid::Uuid;
 enum StepAnswer {
     /// Executed now or before; the leg's reply when the step posts entries.
     Done(Option<Value>),
-    Refused { status: u16, body: Value },
+    Refused {
+        status: u16,
+        body: Value,
+    },
     /// No answer (shard down, timeout): the outcome is unknown, send it again later.
     Unknown(ShardReply),
 }
@@ -132,8 +137,9 @@ impl Router {
         }
     }
 
-    /// Drives a saga to its end and settles its external reference; `Err` when shards
-    /// stayed unreachable until `deadline` (the saga stays in flight for recovery).
+    /// Claims the saga's external reference (again, after a crash: a claim by the same key
+    /// is idempotent) and drives the saga to its end; `Err` when shards stayed unreachable
+    /// until `deadline` (the saga stays in flight for recovery).
     pub(crate) async fn finish_saga(&self, mut record: SagaRecord, deadline: Instant) -> Result<SagaRecord, ShardReply> {
         if let Some(external_ref) = record.header.external_ref.clone()
             && !record.state.is_terminal()
@@ -157,32 +163,32 @@ impl Router {
                 record.refuse(refusal.status(), refusal.to_body(), Utc::now());
             }
         }
-        let record = self.drive(record, deadline).await?;
-        if let Some(external_ref) = record.header.external_ref.clone() {
-            let refused_for_the_reference = matches!(
-                record.failure.as_ref().and_then(|f| f.body.pointer("/error/code")).and_then(Value::as_str),
-                Some("DUPLICATE_EXTERNAL_REF" | "IN_PROGRESS")
-            ) && record.failure.as_ref().is_some_and(|f| f.step.is_none());
-            if !refused_for_the_reference {
-                let home = self.ring.shard_for_key(record.tenant_id, &crate::external_ref_home_key(&external_ref));
-                let completion = if record.state == SagaState::Posted {
-                    RefCompletion::Bound { ledger_tx_id: record.saga_id }
-                } else {
-                    RefCompletion::Released
-                };
-                let complete = CompleteRefCommand {
-                    tenant_id: record.tenant_id,
-                    external_ref,
-                    idempotency_key: record.idempotency_key.clone(),
-                    completion,
-                };
-                let answer = self.link.write(home, Command::CompleteRef(complete)).await;
-                if answer.status != 200 {
-                    return Err(answer);
-                }
-            }
+        self.drive(record, deadline).await
+    }
+
+    /// Records the saga's outcome at its external reference's home: bound to the saga
+    /// when it posted, released when it turned back (unless the reference itself was the
+    /// reason). Done before the terminal log is written, so that a coordinator that dies
+    /// in between leaves a saga in flight, which recovery settles again.
+    async fn settle_reference(&self, record: &SagaRecord, posted: bool) -> Result<(), ShardReply> {
+        let Some(external_ref) = record.header.external_ref.clone() else { return Ok(()) };
+        let refused_for_the_reference = record.failure.as_ref().is_some_and(|f| {
+            f.step.is_none()
+                && matches!(f.body.pointer("/error/code").and_then(Value::as_str), Some("DUPLICATE_EXTERNAL_REF" | "IN_PROGRESS"))
+        });
+        if refused_for_the_reference {
+            return Ok(());
         }
-        Ok(record)
+        let home = self.ring.shard_for_key(record.tenant_id, &crate::external_ref_home_key(&external_ref));
+        let completion = if posted { RefCompletion::Bound { ledger_tx_id: record.saga_id } } else { RefCompletion::Released };
+        let complete = CompleteRefCommand {
+            tenant_id: record.tenant_id,
+            external_ref,
+            idempotency_key: record.idempotency_key.clone(),
+            completion,
+        };
+        let answer = self.link.write(home, Command::CompleteRef(complete)).await;
+        if answer.status == 200 { Ok(()) } else { Err(answer) }
     }
 
     /// The coordinator loop: the next action of the log, executed, recorded, until the
@@ -249,10 +255,18 @@ impl Router {
                     if leg_replies.len() < record.leg_steps().count() {
                         continue;
                     }
+                    if let Err(reply) = self.settle_reference(&record, true).await {
+                        pause_or_give_up(deadline, reply).await?;
+                        continue;
+                    }
                     let reply = posted_reply(&record, &leg_replies);
                     record.finish(reply, Utc::now());
                 }
                 NextAction::FinishCompensated => {
+                    if let Err(reply) = self.settle_reference(&record, false).await {
+                        pause_or_give_up(deadline, reply).await?;
+                        continue;
+                    }
                     let reply = refusal_reply(&record);
                     record.finish(reply, Utc::now());
                 }
@@ -409,7 +423,8 @@ fn posted_reply(record: &SagaRecord, leg_replies: &HashMap<usize, Value>) -> Val
         for entry in reply["entries"].as_array().into_iter().flatten() {
             let account: Option<Uuid> = entry["account_id"].as_str().and_then(|a| a.parse().ok());
             let currency = entry["currency"].as_str().and_then(ledger_core::currency::Currency::parse);
-            let is_clearing = matches!((account, currency), (Some(a), Some(c)) if a == clearing_account_id(record.tenant_id, shard, c));
+            let is_clearing =
+                matches!((account, currency), (Some(a), Some(c)) if a == clearing_account_id(record.tenant_id, shard, c));
             if !is_clearing {
                 entries.push(entry.clone());
             }

@@ -47,11 +47,14 @@ impl PrivatePostgres {
         let mut initdb = server.command("initdb");
         initdb.args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data_dir);
         run(&mut initdb);
-        std::fs::write(data_dir.join("postgresql.auto.conf"), format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = on\n\
+        std::fs::write(
+            data_dir.join("postgresql.auto.conf"),
+            format!(
+                "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = on\n\
              synchronous_commit = on\nshared_buffers = '64MB'\nmax_connections = 60\n",
-            server.data.display()
-        ))
+                server.data.display()
+            ),
+        )
         .expect("write the server settings");
         if as_postgres_user {
             run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&server.data));
@@ -236,9 +239,8 @@ impl ProcCluster {
 
     pub fn node_log(&self, index: usize) -> String {
         // node logs are numbered by start order; find the one of this node
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.logs)
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-            .unwrap_or_default();
+        let mut logs: Vec<PathBuf> =
+            std::fs::read_dir(&self.logs).map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
         logs.retain(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("node-")));
         logs.sort_by_key(|p| {
             p.file_stem().and_then(|n| n.to_str()).and_then(|n| n.trim_start_matches("node-").parse::<u32>().ok())
@@ -287,7 +289,8 @@ impl Drop for ProcCluster {
                     use sqlx::Executor;
                     let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", pg_server_url())).await else { return };
                     for name in names {
-                        let _ = admin.execute(sqlx::AssertSqlSafe(format!("drop database if exists \"{name}\" with (force)"))).await;
+                        let _ =
+                            admin.execute(sqlx::AssertSqlSafe(format!("drop database if exists \"{name}\" with (force)"))).await;
                     }
                 });
             })

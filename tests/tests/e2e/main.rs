@@ -4,10 +4,10 @@
 mod concurrency;
 mod database;
 mod errors;
+mod faults;
 mod idempotency;
 mod reversal;
+mod saga;
 mod service;
 mod sharded;
 mod writer;
-mod saga;
-mod faults;

@@ -73,8 +73,11 @@ async fn a_cross_shard_transfer_posts_whole_under_one_id_and_replays() {
     assert_eq!((cluster.balance(&alice).await, cluster.balance(&bob).await), (700, 300));
 
     // one transaction, however it is looked up
-    for lookup in [json!({"ledger_tx_id": id}), json!({"idempotency_key": "pay-1"}), json!({"external_ref": {"type": "psp", "ref": "ch_1"}})]
-    {
+    for lookup in [
+        json!({"ledger_tx_id": id}),
+        json!({"idempotency_key": "pay-1"}),
+        json!({"external_ref": {"type": "psp", "ref": "ch_1"}}),
+    ] {
         let tx = cluster.call("transactions.get", lookup).await.ok();
         assert_eq!(tx["ledger_tx_id"], json!(id));
         assert_eq!(tx["status"], "POSTED");
@@ -102,8 +105,7 @@ async fn a_refused_leg_is_compensated_and_every_balance_returns_exactly() {
     cluster.create_account(&closed, "LIABILITY", "IDR", false).await;
     cluster.call("accounts.set_status", json!({"account_code": closed, "status": "CLOSED", "actor": "ops"})).await.ok();
     cluster.call("accounts.set_status", json!({"account_code": carol, "status": "FROZEN", "actor": "ops"})).await.ok();
-    let before: Vec<i64> =
-        futures::future::join_all([&alice, &bob, &carol, &dave].map(|c| cluster.balance(c))).await;
+    let before: Vec<i64> = futures::future::join_all([&alice, &bob, &carol, &dave].map(|c| cluster.balance(c))).await;
 
     let cases = [
         // the crediting leg comes after the debit: the debit is posted, then undone
@@ -138,7 +140,10 @@ async fn a_refused_leg_is_compensated_and_every_balance_returns_exactly() {
     // alice's statement shows each leg and its compensation, and walks to her balance
     let statement = cluster.statement(&alice).await;
     let types: Vec<&str> = statement.iter().map(|e| e["tx_type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["TRANSFER", "TRANSFER", "SAGA_COMPENSATION", "TRANSFER", "SAGA_COMPENSATION", "TRANSFER", "SAGA_COMPENSATION"]);
+    assert_eq!(
+        types,
+        ["TRANSFER", "TRANSFER", "SAGA_COMPENSATION", "TRANSFER", "SAGA_COMPENSATION", "TRANSFER", "SAGA_COMPENSATION"]
+    );
     assert_eq!(statement.last().unwrap()["balance_after_minor"], 1_000);
     assert!(statement.iter().skip(1).step_by(2).all(|e| is_saga_id(e["ledger_tx_id"].as_str().unwrap().parse().unwrap())));
     assert_audit_ok(&cluster.audit().await);
