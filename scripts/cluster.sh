@@ -20,12 +20,17 @@ up() {
   say "starting node-0 and a router with $CONFIG"
   nohup "$BIN/ledger-node" --config "$CONFIG" --node node-0 >"$LOCAL/node.log" 2>&1 &
   echo $! >"$LOCAL/node.pid"
-  for _ in $(seq 1 100); do grep -q "shard serving" "$LOCAL/node.log" 2>/dev/null && break; running "$LOCAL/node.pid" || break; sleep 0.1; done
+  for _ in $(seq 1 300); do grep -q "shard serving" "$LOCAL/node.log" 2>/dev/null && break; running "$LOCAL/node.pid" || break; sleep 0.1; done
   running "$LOCAL/node.pid" || { cat "$LOCAL/node.log" >&2; echo "the node did not start" >&2; exit 1; }
   nohup "$BIN/ledger-router" --config "$CONFIG" >"$LOCAL/router.log" 2>&1 &
   echo $! >"$LOCAL/router.pid"
   for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
   "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null || { cat "$LOCAL/router.log" >&2; exit 1; }
+  # every shard answers (the audit asks each one) before anyone is told the cluster is up
+  for _ in $(seq 1 150); do
+    "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" --json audit 2>/dev/null | grep -q '"unreachable_shards":\[\]' && break
+    sleep 0.2
+  done
   say "cluster up: NATS $LEDGER_NATS_URL, logs in .local/node.log and .local/router.log"
 }
 

@@ -13,6 +13,9 @@ run() { step_cmd "$*"; ctl "$@"; }
 
 step "A fresh tenant: $TENANT"
 
+step "The cluster: shards, the node that owns them, the hash ring"
+run topology
+
 step "Create accounts (a bank account, two customer wallets, a merchant)"
 run create-account bank:settlement --type ASSET --currency IDR
 run create-account wallet:alice --type LIABILITY --currency IDR --metadata '{"owner":"alice"}'
@@ -43,10 +46,23 @@ if run transfer wallet:bob merchant:77 100000000 IDR --key bob-overdraft; then
   echo "the overdraft was NOT refused" >&2; exit 1
 fi
 
+step "A split payment (Alice and Bob pay the merchant together) that Bob cannot afford: refused whole"
+echo "(accounts live on different shards: such a payment runs as a saga, one leg per shard; if"
+echo " Alice's leg posted before Bob's was refused, a SAGA_COMPENSATION puts her money back)"
+if run post '{"idempotency_key":"split-1","type":"PAYMENT_CAPTURED","actor":"demo","entries":[
+  {"account_code":"wallet:alice","side":"DEBIT","amount_minor":1000000,"currency":"IDR"},
+  {"account_code":"wallet:bob","side":"DEBIT","amount_minor":90000000,"currency":"IDR"},
+  {"account_code":"merchant:77","side":"CREDIT","amount_minor":91000000,"currency":"IDR"}]}'; then
+  echo "the split payment was NOT refused" >&2; exit 1
+fi
+
 step "Alice's statement: every entry with the balance right after it"
 run statement wallet:alice
 
 step "Balances"
 for code in bank:settlement wallet:alice wallet:bob merchant:77; do run account "$code"; done
+
+step "The audit: projections match the journal, debits = credits, clearing accounts settled"
+run audit
 
 printf '\n\033[1mThe cluster is still running on %s. Try: target/debug/ledgerctl --tenant %s account wallet:alice\nStop it with: make down\033[0m\n' "$LEDGER_NATS_URL" "$TENANT"

@@ -103,6 +103,9 @@ enum Cmd {
     },
     /// Shards, nodes and ring parameters.
     Topology,
+    /// Check the ledger: projection drift, unbalanced transactions, debits = credits per
+    /// currency, clearing accounts, sagas in flight. Exits 2 when the audit is not ok.
+    Audit,
     /// Send any request: `ledgerctl raw accounts.get '{"account_code":"x"}'` (admin: `admin.topology`).
     Raw { operation: String, body: String },
 }
@@ -357,6 +360,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ("accounts.statement", json!({"account_code": code, "limit": limit, "from": from, "to": to}), print_statement)
         }
         Cmd::Topology => ("admin.topology", json!({}), |v| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())),
+        Cmd::Audit => {
+            let reply = client.call("admin.audit", &json!({})).await?;
+            let Ok(audit) = reply else { bail!("the audit was refused") };
+            if cli.json {
+                println!("{audit}");
+            } else {
+                print_audit(&audit);
+            }
+            return Ok(if audit["ok"] == true { 0 } else { 2 });
+        }
         Cmd::Raw { operation, body } => {
             let body: Value = serde_json::from_str(&body).context("the body must be JSON")?;
             let reply = client.call(&operation, &body).await?;
@@ -386,9 +399,62 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", refused.body);
             }
             eprintln!("refused: {}: {}", refused.code, refused.message);
+            let saga = &refused.body["error"]["details"]["saga"];
+            if saga.is_object() {
+                let compensations: Vec<String> = saga["compensations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| format!("step {} on shard {} by {}", c["step"], c["shard"], s(&c["ledger_tx_id"])))
+                    .collect();
+                eprintln!(
+                    "  cross-shard saga {}: refused at step {} (shard {}); compensated: {}",
+                    s(&saga["saga_id"]),
+                    saga["failed_leg"]["step"],
+                    saga["failed_leg"]["shard"],
+                    if compensations.is_empty() { "nothing had posted".to_owned() } else { compensations.join(", ") },
+                );
+            }
             Ok(1)
         }
     }
+}
+
+fn print_audit(audit: &Value) {
+    let empty = Vec::new();
+    println!("{:>5}  {:>10}  {:>12}  {:>6}  {:>10}  {:>6}", "shard", "accounts", "transactions", "drift", "unbalanced", "sagas");
+    for shard in audit["shards"].as_array().unwrap_or(&empty) {
+        println!(
+            "{:>5}  {:>10}  {:>12}  {:>6}  {:>10}  {:>6}",
+            shard["shard_id"].to_string(),
+            shard["accounts"].to_string(),
+            shard["transactions"].to_string(),
+            shard["projection_drift"].as_array().map_or(0, Vec::len),
+            shard["unbalanced_transactions"].as_array().map_or(0, Vec::len),
+            shard["sagas_in_flight"].as_array().map_or(0, Vec::len),
+        );
+    }
+    for unreachable in audit["unreachable_shards"].as_array().unwrap_or(&empty) {
+        println!("shard {} unreachable: {}", unreachable["shard_id"], unreachable["error"]);
+    }
+    let cluster = &audit["cluster"];
+    for currency in cluster["currencies"].as_array().unwrap_or(&empty) {
+        let mark = if currency["balanced"] == true { "balanced" } else { "NOT BALANCED" };
+        println!(
+            "{}: debits {} = credits {}: {mark}",
+            currency["currency"].as_str().unwrap_or("?"),
+            currency["debits_minor"].as_str().unwrap_or("?"),
+            currency["credits_minor"].as_str().unwrap_or("?"),
+        );
+    }
+    println!("sagas in flight: {}", cluster["sagas_in_flight"]);
+    for nonzero in cluster["clearing_nonzero"].as_array().unwrap_or(&empty) {
+        println!(
+            "clearing not settled: tenant {} {} sums to {}",
+            nonzero["tenant_id"], nonzero["currency"], nonzero["sum_minor"]
+        );
+    }
+    println!("audit: {}", if audit["ok"] == true { "ok" } else { "NOT OK" });
 }
 
 #[cfg(test)]
