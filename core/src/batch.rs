@@ -856,16 +856,24 @@ impl<I: IdSource> Planner<'_, I> {
                         return refused(self, mismatch);
                     }
                 }
+                let client_entries: Vec<EntryCommand> = entries.iter().map(|e| e.entry.clone()).collect();
+                let mut effects = match self.effects(tenant_id, &client_entries, true) {
+                    Ok(effects) => effects,
+                    Err(rejection) => return refused(self, rejection),
+                };
+                // only a leg that posts creates its clearing account
                 let clearing = clearing_entries(tenant_id, self.input.shard_id, entries, command.header.entry_count);
                 for c in &clearing {
                     self.ensure_clearing_account(tenant_id, c.entry.currency);
                 }
+                let clearing_commands: Vec<EntryCommand> = clearing.iter().map(|e| e.entry.clone()).collect();
+                match self.effects(tenant_id, &clearing_commands, true) {
+                    Ok(more) => effects.extend(more),
+                    // a clearing account's totals would pass 2^63-1: refuse, like any account
+                    Err(rejection) => return refused(self, rejection),
+                }
                 leg.extend(clearing);
                 let (seqs, entries): (Vec<i32>, Vec<EntryCommand>) = leg.into_iter().map(|e| (e.seq, e.entry)).unzip();
-                let effects = match self.effects(tenant_id, &entries, true) {
-                    Ok(effects) => effects,
-                    Err(rejection) => return refused(self, rejection),
-                };
                 let header = &command.header;
                 self.accept(Accepted {
                     tenant_id,

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use ledger_core::account::{AccountState, AccountStatus};
-use ledger_core::batch::{KeyOutcome, KeyRecord, OriginalTx, RefClaim, Snapshot, Writes};
+use ledger_core::batch::{KeyOutcome, KeyRecord, KeyStatus, OriginalTx, RefClaim, Snapshot, Writes};
 use ledger_core::command::{EntryCommand, ExternalRef};
 use ledger_core::currency::Currency;
 use ledger_core::fingerprint::attributes_digest;
@@ -381,7 +381,7 @@ pub async fn write_batch(
         .bind(r.iter().map(|r| r.reversed_ledger_tx_id).collect::<Vec<_>>())
         .bind(r.iter().map(|r| r.reversal_ledger_tx_id).collect::<Vec<_>>())
         .bind(keys_assumed_new)
-        .bind(k.len() as i64)
+        .bind(k.iter().filter(|r| r.status != KeyStatus::FailedRetryable).count() as i64)
         .bind((1..=o.len() as i64).map(|i| previous.last_event_seq + i).collect::<Vec<_>>())
         .bind(next.last_event_seq)
         .execute(&mut *conn)

@@ -80,6 +80,12 @@ impl Router {
         if original.state != SagaState::Posted {
             return rejected(Rejection::TransactionNotFound);
         }
+        if matches!(original.kind, SagaKind::Reverse { .. }) {
+            return rejected(Rejection::invalid(
+                "ledger_tx_id",
+                "a reversal cannot itself be reversed; post a new transaction to correct it",
+            ));
+        }
         let original_home = ledger_core::ids::shard_of_ledger_id(original.saga_id).expect("saga ids carry their shard");
         let leg_entries: Vec<(u16, Vec<EntryCommand>)> = original
             .leg_steps()
@@ -122,11 +128,12 @@ impl Router {
     /// to its end, and answers as the saga log says.
     async fn run_saga(&self, draft: SagaRecord) -> ShardReply {
         let home = self.ring.shard_for_key(draft.tenant_id, &draft.idempotency_key);
+        let tenant_id = draft.tenant_id;
         let answer = self.link.write(home, Command::BeginSaga(Box::new(BeginSagaCommand { record: draft }))).await;
         let record = match answer.as_claim() {
             Some(ClaimAnswer::SagaBegun { record }) => *record,
             Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
-            Some(ClaimAnswer::SagaInFlight { .. }) => return rejected(Rejection::InProgress),
+            Some(ClaimAnswer::SagaInFlight { saga_id }) => return self.await_saga(home, tenant_id, saga_id).await,
             // a conflict, a replayed refusal, IN_PROGRESS, or the home is unavailable
             _ => return answer,
         };
@@ -135,6 +142,30 @@ impl Router {
             Ok(record) => saga_reply(&record),
             Err(unavailable) => unavailable,
         }
+    }
+
+    /// A retry of a request whose saga is running waits for it (PROTOCOL.md: "IN_PROGRESS
+    /// (or wait, bounded)"): the saga's reply, marked replayed, once it ends; IN_PROGRESS
+    /// if it does not end within the request timeout.
+    async fn await_saga(&self, home: ShardId, tenant_id: Uuid, saga_id: Uuid) -> ShardReply {
+        let deadline = Instant::now() + self.link.request_timeout;
+        let mut pause = Duration::from_millis(10);
+        while Instant::now() + pause < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+            let reply = self.link.send(home, &ShardRequest::GetSaga { tenant_id, saga_id }).await;
+            let Ok(record) = serde_json::from_str::<SagaRecord>(reply.body.get()) else { continue };
+            if record.state.is_terminal() {
+                let mut reply = saga_reply(&record);
+                if reply.status == 200 {
+                    let mut body = reply.body_value();
+                    body["replayed"] = json!(true);
+                    reply = ShardReply::ok(&body);
+                }
+                return reply;
+            }
+        }
+        rejected(Rejection::InProgress)
     }
 
     /// Claims the saga's external reference (again, after a crash: a claim by the same key

@@ -139,7 +139,20 @@ pub fn cluster_toml(name: &str, nats_url: &str, database_urls: &[String]) -> Str
     text
 }
 
+/// How many shards the foundation tests run on: `LEDGER_TEST_SHARDS`, 1 by default.
+/// `scripts/test.sh` runs them on 1 shard and again on 4, where most of their transfers
+/// cross shards and run as sagas.
+pub fn foundation_shards() -> usize {
+    std::env::var("LEDGER_TEST_SHARDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+}
+
 impl Cluster {
+    /// A cluster for a test of PROTOCOL.md's promises, which must hold whatever the number
+    /// of shards ([`foundation_shards`]).
+    pub async fn foundation() -> Cluster {
+        Cluster::start(foundation_shards()).await
+    }
+
     pub async fn start(shards: usize) -> Cluster {
         let nats = NatsServer::start().await;
         let name = format!(

@@ -21,6 +21,12 @@ with guard as (
             entry_seq, balance_after_minor, commit_seq, effective_at, posted_at)
     select * from unnest($19::uuid[], $20::uuid[], $21::uuid[], $22::uuid[], $23::text[], $24::int8[], $25::text[], $26::int4[],
                          $27::int8[], $28::int8[], $29::timestamptz[], $30::timestamptz[])
+), released_keys as (
+    -- a claim released by a refusal that consumes no key leaves no row behind
+    delete from ledger_idempotency i
+    using unnest($31::uuid[], $32::text[], $34::text[]) as u(tenant, key, status)
+    where u.status = 'FAILED_RETRYABLE' and i.tenant_id = u.tenant and i.idempotency_key = u.key
+      and i.status in ('PROCESSING', 'FAILED_RETRYABLE')
 ), keys as (
     -- the where keeps a final record final even if a late completion were to reach it
     insert into ledger_idempotency (tenant_id, idempotency_key, request_fingerprint, status, target_shard, ledger_tx_id,
@@ -29,6 +35,7 @@ with guard as (
     from unnest($31::uuid[], $32::text[], $33::text[], $34::text[], $35::int4[], $36::uuid[], $37::int4[], $38::text[],
                 $39::timestamptz[], $40::timestamptz[])
          as u(tenant, key, fp, status, target, tx, code, body, created, expires)
+    where status <> 'FAILED_RETRYABLE'
     on conflict (tenant_id, idempotency_key) do update
        set request_fingerprint = excluded.request_fingerprint, status = excluded.status,
            target_shard = excluded.target_shard, ledger_tx_id = excluded.ledger_tx_id,

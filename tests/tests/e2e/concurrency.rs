@@ -4,7 +4,7 @@ use ledger_tests::Cluster;
 
 #[tokio::test]
 async fn hundred_concurrent_debits_against_funds_for_sixty() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     cluster.create_account("cash", "ASSET", "IDR", false).await;
     cluster.create_account("wallet", "LIABILITY", "IDR", false).await;
     cluster.create_account("merchant", "LIABILITY", "IDR", false).await;
@@ -26,7 +26,7 @@ async fn hundred_concurrent_debits_against_funds_for_sixty() {
 
 #[tokio::test]
 async fn opposite_transfers_finish_and_conserve_the_total() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     cluster.create_account("cash", "ASSET", "EUR", false).await;
     cluster.create_account("a", "LIABILITY", "EUR", false).await;
     cluster.create_account("b", "LIABILITY", "EUR", false).await;

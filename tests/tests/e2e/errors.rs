@@ -1,6 +1,7 @@
-//! Every error code of PROTOCOL.md section 2 that a single-shard cluster can produce,
-//! each triggered by a request, each leaving nothing written; and bad input that must
-//! neither crash nor wedge the service.
+//! Every reachable error code of PROTOCOL.md section 2, each triggered by a request,
+//! each leaving nothing written (or, for a refusal stored under its key, that record, and
+//! across shards at most compensated legs); and bad input that must neither crash nor
+//! wedge the service. Runs on 1 shard and on 4 (`LEDGER_TEST_SHARDS`).
 
 use ledger_tests::{Cluster, transfer_body};
 use serde_json::{Value, json};
@@ -21,9 +22,55 @@ async fn refused(cluster: &Cluster, operation: &str, body: Value, code: &str, st
     error
 }
 
+/// What a stored refusal may change, and what it may not.
+struct Written {
+    footprint: Vec<i64>,
+    balances: Vec<i64>,
+    transactions: i64,
+    compensations: i64,
+}
+
+async fn written(cluster: &Cluster) -> Written {
+    let mut balances = Vec::new();
+    for code in ["cash", "alice", "bob", "usd"] {
+        balances.push(cluster.balance(code).await);
+    }
+    let (mut transactions, mut compensations) = (0, 0);
+    for shard in 0..cluster.config.shards.len() {
+        let db = cluster.db(shard).await;
+        let (all, undone): (i64, i64) =
+            sqlx::query_as("select count(*), count(*) filter (where tx_type = 'SAGA_COMPENSATION') from ledger_transaction")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        transactions += all;
+        compensations += undone;
+        db.close().await;
+    }
+    Written { footprint: cluster.footprint().await, balances, transactions, compensations }
+}
+
+async fn stored_only(cluster: &Cluster, before: &Written) {
+    let after = written(cluster).await;
+    // per shard, ledger_idempotency is the fourth of nine counts
+    let is_key = |i: usize| i % 9 == 3;
+    let keys = |w: &Written| w.footprint.iter().enumerate().filter(|(i, _)| is_key(*i)).map(|(_, c)| c).sum::<i64>();
+    if cluster.config.shards.len() == 1 {
+        let mut expected = before.footprint.clone();
+        expected[3] += 1;
+        assert_eq!(after.footprint, expected, "only the idempotency record may be written");
+    } else {
+        assert!(keys(&after) > keys(before), "the refusal is stored under its key");
+        assert_eq!(after.balances, before.balances, "every balance where it was");
+        let legs = after.transactions - before.transactions;
+        let undone = after.compensations - before.compensations;
+        assert_eq!(legs, 2 * undone, "every leg that posted was compensated");
+    }
+}
+
 #[tokio::test]
 async fn every_reachable_error_code_writes_nothing() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     funded(&cluster).await;
     let post = |key: &str, from: &str, to: &str, amount: i64, currency: &str| transfer_body(key, from, to, amount, currency);
 
@@ -63,16 +110,12 @@ async fn every_reachable_error_code_writes_nothing() {
     cluster.raw(&format!("ledger.v1.{}.accounts.create", cluster.tenant), big.into_bytes()).await.err("TOO_LARGE", 413);
     assert_eq!(cluster.footprint().await, before);
 
-    // Business rejections that are remembered under the key write exactly that record.
-    let stored_only = |before: &[i64], after: &[i64]| {
-        // ledger_idempotency is the fourth count; nothing else may move
-        let mut expected = before.to_vec();
-        expected[3] += 1;
-        assert_eq!(after, expected.as_slice(), "only the idempotency record may be written");
-    };
-    let before = cluster.footprint().await;
+    // Business rejections that are remembered under the key write exactly that record (on
+    // one shard), or, across shards, at most saga bookkeeping: legs that posted before the
+    // refusal, each with its compensation, and every balance where it was.
+    let before = written(&cluster).await;
     cluster.transfer("k6", "alice", "bob", 10_001, "IDR").await.err("INSUFFICIENT_FUNDS", 422);
-    stored_only(&before, &cluster.footprint().await);
+    stored_only(&cluster, &before).await;
 
     let posted = cluster.transfer("k7", "alice", "bob", 100, "IDR").await.ok();
     let with_ref = |key: &str| {
@@ -81,10 +124,10 @@ async fn every_reachable_error_code_writes_nothing() {
         body
     };
     let first_ref = cluster.call("transactions.post", with_ref("k8")).await.ok();
-    let before = cluster.footprint().await;
+    let before = written(&cluster).await;
     let e = cluster.call("transactions.post", with_ref("k9")).await.err("DUPLICATE_EXTERNAL_REF", 409);
     assert_eq!(e["details"]["ledger_tx_id"], first_ref["ledger_tx_id"]);
-    stored_only(&before, &cluster.footprint().await);
+    stored_only(&cluster, &before).await;
 
     let before = cluster.footprint().await;
     cluster.transfer("k7", "alice", "bob", 999, "IDR").await.err("IDEMPOTENCY_CONFLICT", 409);
@@ -93,30 +136,30 @@ async fn every_reachable_error_code_writes_nothing() {
     let reverse =
         |key: &str| json!({"idempotency_key": key, "ledger_tx_id": posted["ledger_tx_id"], "actor": "ops", "reason_code": "DUP"});
     let reversal = cluster.call("transactions.reverse", reverse("r1")).await.ok();
-    let before = cluster.footprint().await;
+    let before = written(&cluster).await;
     let e = cluster.call("transactions.reverse", reverse("r2")).await.err("ALREADY_REVERSED", 409);
     assert_eq!(e["details"]["reversal_tx_id"], reversal["ledger_tx_id"]);
-    stored_only(&before, &cluster.footprint().await);
+    stored_only(&cluster, &before).await;
 
     let status = |code: &str, status: &str| json!({"account_code": code, "status": status, "actor": "ops", "reason_code": "KYC"});
     cluster.call("accounts.set_status", status("alice", "FROZEN")).await.ok();
-    let before = cluster.footprint().await;
+    let before = written(&cluster).await;
     cluster.transfer("k10", "alice", "bob", 1, "IDR").await.err("ACCOUNT_FROZEN", 422);
-    stored_only(&before, &cluster.footprint().await);
+    stored_only(&cluster, &before).await;
 
     refused(&cluster, "accounts.set_status", status("alice", "CLOSED"), "ACCOUNT_BALANCE_NONZERO", 422).await;
     cluster.create_account("empty", "LIABILITY", "IDR", false).await;
     cluster.call("accounts.set_status", status("empty", "CLOSED")).await.ok();
-    let before = cluster.footprint().await;
+    let before = written(&cluster).await;
     cluster.transfer("k11", "cash", "empty", 1, "IDR").await.err("ACCOUNT_CLOSED", 422);
-    stored_only(&before, &cluster.footprint().await);
+    stored_only(&cluster, &before).await;
     refused(&cluster, "accounts.set_status", status("empty", "ACTIVE"), "ACCOUNT_CLOSED", 422).await;
     cluster.finish().await;
 }
 
 #[tokio::test]
 async fn bad_input_is_refused_and_the_service_keeps_serving() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     funded(&cluster).await;
     let base = transfer_body("bad", "alice", "bob", 5, "IDR");
     let with = |path: &[&str], value: Value| {
@@ -224,7 +267,7 @@ async fn bad_input_is_refused_and_the_service_keeps_serving() {
 
 #[tokio::test]
 async fn tenants_cannot_see_or_move_each_others_accounts() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     funded(&cluster).await;
     let other = uuid::Uuid::new_v4();
     let alice_id = ledger_core::ids::account_id(cluster.tenant, "alice");

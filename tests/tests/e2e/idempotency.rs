@@ -5,7 +5,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn replay_returns_the_stored_reply_marked_replayed() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     cluster.create_account("cash", "ASSET", "USD", false).await;
     cluster.create_account("alice", "LIABILITY", "USD", false).await;
     let mut first = cluster.transfer("pay-1", "cash", "alice", 1_000, "USD").await.ok();
@@ -55,7 +55,7 @@ async fn replay_returns_the_stored_reply_marked_replayed() {
 
 #[tokio::test]
 async fn a_retried_business_rejection_is_replayed_even_after_funds_arrive() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     cluster.create_account("cash", "ASSET", "IDR", false).await;
     cluster.create_account("alice", "LIABILITY", "IDR", false).await;
     cluster.create_account("bob", "LIABILITY", "IDR", false).await;
@@ -79,7 +79,7 @@ async fn a_retried_business_rejection_is_replayed_even_after_funds_arrive() {
 
 #[tokio::test]
 async fn concurrent_identical_requests_post_once() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     cluster.create_account("cash", "ASSET", "IDR", false).await;
     cluster.create_account("alice", "LIABILITY", "IDR", false).await;
     let asks = (0..50).map(|_| cluster.transfer("same-key", "cash", "alice", 10, "IDR"));

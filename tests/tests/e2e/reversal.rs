@@ -5,7 +5,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn reversal_mirrors_once_and_statements_walk_to_the_balance() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     cluster.create_account("cash", "ASSET", "JPY", false).await;
     cluster.create_account("alice", "LIABILITY", "JPY", false).await;
     cluster.create_account("shop", "LIABILITY", "JPY", false).await;
@@ -92,7 +92,7 @@ async fn reversal_mirrors_once_and_statements_walk_to_the_balance() {
 
 #[tokio::test]
 async fn reversal_obeys_allow_negative_and_closed() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::foundation().await;
     cluster.create_account("cash", "ASSET", "IDR", false).await;
     cluster.create_account("alice", "LIABILITY", "IDR", false).await;
     cluster.create_account("bob", "LIABILITY", "IDR", false).await;
