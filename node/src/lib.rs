@@ -8,6 +8,7 @@
 //! - [`config`]: the cluster TOML (shared with routers).
 //! - [`store`]: all SQL: migrations, set-based batch writes, reads.
 //! - [`shard`]: the shard writer actor: batching, fencing, recovery after a failed commit.
+//! - [`supervisor`]: restarts a shard writer that died.
 //! - [`server`]: the node process: starts shards, serves internal requests.
 //! - [`outbox`]: the relay from `ledger_outbox` to the `LEDGER_EVENTS` stream.
 
@@ -16,3 +17,4 @@ pub mod outbox;
 pub mod server;
 pub mod shard;
 pub mod store;
+pub mod supervisor;

@@ -3,8 +3,9 @@
 
 use crate::config::{ClusterConfig, ShardConfig};
 use crate::outbox;
-use crate::shard::{FaultHooks, ShardActor, ShardArgs, ShardMsg, WriteFailure};
+use crate::shard::{FaultHooks, ShardArgs, ShardMsg, WriteFailure};
 use crate::store;
+use crate::supervisor::{ShardSupervisor, SupervisorArgs, SupervisorMsg, WriterSlot};
 use anyhow::Context;
 use futures::StreamExt;
 use ledger_core::batch::Outcome;
@@ -34,8 +35,9 @@ pub struct NodeHandles {
 
 struct ShardRuntime {
     shard_id: u16,
-    writer: ActorRef<ShardMsg>,
-    writer_join: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writers: Arc<WriterSlot>,
+    supervisor: ActorRef<SupervisorMsg>,
+    supervisor_join: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     pool: PgPool,
     queue: Semaphore,
     request_timeout: Duration,
@@ -76,7 +78,9 @@ async fn start_shard(config: &ClusterConfig, shard: &ShardConfig, faults: Arc<Fa
         account_cache_max: config.limits.account_cache_max,
         faults,
     };
-    let (writer, writer_join) = Actor::spawn(None, ShardActor, args)
+    let writers = Arc::new(WriterSlot::default());
+    let supervised = SupervisorArgs { writer: args, slot: writers.clone() };
+    let (supervisor, supervisor_join) = Actor::spawn(None, ShardSupervisor, supervised)
         .await
         .map_err(|e| anyhow::anyhow!("shard {} writer did not start: {e}", shard.id))?;
     let pool = PgPoolOptions::new()
@@ -86,8 +90,9 @@ async fn start_shard(config: &ClusterConfig, shard: &ShardConfig, faults: Arc<Fa
         .await?;
     Ok(Arc::new(ShardRuntime {
         shard_id: shard.id,
-        writer,
-        writer_join: std::sync::Mutex::new(Some(writer_join)),
+        writers,
+        supervisor,
+        supervisor_join: std::sync::Mutex::new(Some(supervisor_join)),
         pool,
         queue: Semaphore::new(config.limits.shard_queue_commands_max),
         request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
@@ -131,8 +136,12 @@ pub async fn run(
         task.abort();
     }
     for runtime in runtimes {
-        runtime.writer.stop(Some("node shutting down".into()));
-        let join = runtime.writer_join.lock().expect("not poisoned").take();
+        runtime.writers.begin_shutdown();
+        if let Some(writer) = runtime.writers.writer() {
+            let _ = writer.stop_and_wait(Some("node shutting down".into()), Some(Duration::from_secs(10))).await;
+        }
+        runtime.supervisor.stop(Some("node shutting down".into()));
+        let join = runtime.supervisor_join.lock().expect("not poisoned").take();
         if let Some(join) = join {
             let _ = join.await;
         }
@@ -318,7 +327,10 @@ async fn write(runtime: &ShardRuntime, commands: Vec<Command>) -> Vec<ShardReply
         writes.push((command, port.into()));
         waits.push(answer);
     }
-    if runtime.writer.cast(ShardMsg::Write(writes)).is_err() {
+    let Some(writer) = runtime.writers.writer() else {
+        return vec![ShardReply::unavailable(&format!("shard {shard_id} writer is restarting; retry with the same key")); count];
+    };
+    if writer.cast(ShardMsg::Write(writes)).is_err() {
         return vec![ShardReply::unavailable(&format!("shard {shard_id} writer is not running; retry with the same key")); count];
     }
     let deadline = tokio::time::Instant::now() + runtime.request_timeout;

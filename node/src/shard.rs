@@ -55,8 +55,11 @@ pub enum ShardMsg {
 pub struct FaultHooks {
     /// Fail the next batch after its rows are written and before it commits.
     pub fail_next_commit: AtomicBool,
+    /// Make the writer actor fail (as a bug would) at its next flush.
+    pub crash_writer: AtomicBool,
 }
 
+#[derive(Clone)]
 pub struct ShardArgs {
     pub shard_id: u16,
     pub database_url: String,
@@ -139,6 +142,9 @@ impl Actor for ShardActor {
                 }
             }
             ShardMsg::Flush => {
+                if state.faults.crash_writer.swap(false, Ordering::SeqCst) {
+                    return Err(format!("shard {} writer: injected crash", state.shard_id).into());
+                }
                 state.flush_scheduled = false;
                 let take = state.pending.len().min(state.batch_commands_max);
                 let batch: Vec<_> = state.pending.drain(..take).collect();

@@ -79,11 +79,50 @@ async fn a_writer_whose_watermark_moved_stops_writing() {
     cluster.create_account("alice", "LIABILITY", "IDR", false).await;
     let db = cluster.db(0).await;
     // as if another writer had committed behind this one's back
-    sqlx::query("update ledger_shard set last_commit_seq = last_commit_seq + 1").execute(&db).await.unwrap();
+    let moved: i64 =
+        sqlx::query_scalar("update ledger_shard set last_commit_seq = last_commit_seq + 1 returning last_commit_seq")
+            .fetch_one(&db)
+            .await
+            .unwrap();
     let before = cluster.footprint().await;
     cluster.transfer("t2", "cash", "alice", 5, "IDR").await.err("SHARD_UNAVAILABLE", 503);
-    cluster.transfer("t3", "cash", "alice", 5, "IDR").await.err("SHARD_UNAVAILABLE", 503);
     assert_eq!(cluster.footprint().await, before, "a fenced writer writes nothing");
+    // The fenced writer is gone for good; its supervisor starts a new one, which must take
+    // the fence first and starts from the database's watermark, never from memory.
+    let posted = retry_until_posted(&cluster, "t3").await;
+    let seq: i64 = sqlx::query_scalar("select commit_seq from ledger_transaction where ledger_tx_id = $1")
+        .bind(posted["ledger_tx_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap())
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(seq, moved + 1, "the new writer continues after the watermark it found");
     db.close().await;
+    cluster.finish().await;
+}
+
+async fn retry_until_posted(cluster: &Cluster, key: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let reply = cluster.transfer(key, "cash", "alice", 5, "IDR").await;
+        if reply.is_ok() {
+            return reply.ok();
+        }
+        assert_eq!(reply.code(), Some("SHARD_UNAVAILABLE"), "{}", reply.body);
+        assert!(std::time::Instant::now() < deadline, "the shard writer did not come back");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_writer_that_dies_is_restarted_by_its_supervisor() {
+    let cluster = Cluster::start(1).await;
+    cluster.create_account("cash", "ASSET", "IDR", true).await;
+    cluster.create_account("alice", "LIABILITY", "IDR", false).await;
+    cluster.transfer("t1", "cash", "alice", 5, "IDR").await.ok();
+    cluster.faults[&0].crash_writer.store(true, Ordering::SeqCst);
+    cluster.transfer("t2", "cash", "alice", 5, "IDR").await.err("SHARD_UNAVAILABLE", 503);
+    let posted = retry_until_posted(&cluster, "t2").await;
+    assert_eq!(posted["entries"][1]["balance_after_minor"], 10, "the new writer starts from the database");
+    assert_eq!(cluster.balance("alice").await, 10);
     cluster.finish().await;
 }
