@@ -270,8 +270,15 @@ impl Command {
         }
     }
 
-    pub fn is_saga(&self) -> bool {
-        matches!(self, Command::BeginSaga(_) | Command::SagaProgress(_) | Command::SagaStep(_))
+    /// Whether planning needs the idempotency records the command reads. The others may
+    /// be planned as if their keys were new: the batch statement refuses, as a whole, to
+    /// record a key that exists, and the batch is then planned again with the records.
+    pub fn needs_key_records(&self) -> bool {
+        match self {
+            Command::ClaimKey(_) | Command::CompleteKey(_) | Command::SagaProgress(_) => true,
+            Command::SagaStep(step) => step.undo,
+            _ => false,
+        }
     }
 
     /// The external reference whose uniqueness the command needs to know about.

@@ -268,10 +268,9 @@ impl ShardState {
 
         let keys: Vec<(Uuid, String)> =
             commands.iter().flat_map(|c| c.keys_read().into_iter().map(|k| (c.tenant_id(), k))).collect();
-        // Claims, completions and saga commands need the records; posts and reversals can
-        // assume new keys.
-        let keys_assumed_new =
-            optimistic && !commands.iter().any(|c| matches!(c, Command::ClaimKey(_) | Command::CompleteKey(_)) || c.is_saga());
+        // Claims, completions, saga progress and undos need the records; posts, reversals,
+        // saga openings and steps can assume new keys (the write proves it).
+        let keys_assumed_new = optimistic && !commands.iter().any(Command::needs_key_records);
         if !keys.is_empty() && !keys_assumed_new {
             snapshot.keys = store::load_keys(&mut *conn, &keys).await?;
         }

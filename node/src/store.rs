@@ -274,11 +274,11 @@ pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Has
 
 /// Whether a batch needs more than the one-statement write (rare commands).
 pub fn needs_transaction(writes: &Writes) -> bool {
-    !writes.accounts.is_empty() || !writes.status_changes.is_empty() || !writes.ref_claims.is_empty() || !writes.sagas.is_empty()
+    !writes.accounts.is_empty() || !writes.status_changes.is_empty() || !writes.ref_claims.is_empty()
 }
 
-/// Writes a planned batch. Postings go in ONE statement; the rare rows (new accounts,
-/// status changes, reference claims) go first, in which case the caller must have opened
+/// Writes a planned batch. Postings and saga logs go in ONE statement; the rare rows (new
+/// accounts, status changes, reference claims) go first, in which case the caller must have opened
 /// a transaction (see [`needs_transaction`]).
 pub async fn write_batch(
     conn: &mut PgConnection,
@@ -297,15 +297,13 @@ pub async fn write_batch(
     if !writes.ref_claims.is_empty() {
         write_ref_claims(conn, writes).await?;
     }
-    if !writes.sagas.is_empty() {
-        write_sagas(conn, &writes.sagas).await?;
-    }
     let t = &writes.transactions;
     let e = &writes.entries;
     let k = &writes.keys;
     let o = &writes.outbox;
     let x = &writes.external_refs;
     let r = &writes.reversals;
+    let g = &writes.sagas;
     let states: Vec<&AccountState> = writes
         .touched_accounts
         .iter()
@@ -384,6 +382,21 @@ pub async fn write_batch(
         .bind(k.iter().filter(|r| r.status != KeyStatus::FailedRetryable).count() as i64)
         .bind((1..=o.len() as i64).map(|i| previous.last_event_seq + i).collect::<Vec<_>>())
         .bind(next.last_event_seq)
+        // saga logs
+        .bind(g.iter().map(|s| s.saga_id).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.tenant_id).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.idempotency_key.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.fingerprint.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| if s.kind == SagaKind::Post { "POST" } else { "REVERSE" }).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| if let SagaKind::Reverse { of } = s.kind { Some(of) } else { None }).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.state.as_str()).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| json_text(&s.header)).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| json_text(&s.steps)).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.failure.as_ref().map(json_text)).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.reply.as_ref().map(json_text)).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.reversed_by).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.created_at).collect::<Vec<_>>())
+        .bind(g.iter().map(|s| s.updated_at).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await;
     match result {
@@ -496,38 +509,6 @@ async fn write_ref_claims(conn: &mut PgConnection, writes: &Writes) -> Result<()
 
 fn json_text<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("saga parts serialize")
-}
-
-async fn write_sagas(conn: &mut PgConnection, sagas: &[SagaRecord]) -> Result<(), StoreError> {
-    sqlx::query(
-        "insert into ledger_saga (saga_id, tenant_id, idempotency_key, request_fingerprint, saga_kind, reverses_saga_id, state,
-                header, steps, failure, reply, reversed_by_saga_id, created_at, updated_at)
-         select id, tenant, key, fp, kind, reverses, state, header::jsonb, steps::jsonb, failure::jsonb, reply::jsonb, reversed_by,
-                created, updated
-         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[], $9::text[],
-                     $10::text[], $11::text[], $12::uuid[], $13::timestamptz[], $14::timestamptz[])
-              as u(id, tenant, key, fp, kind, reverses, state, header, steps, failure, reply, reversed_by, created, updated)
-         on conflict (saga_id) do update
-            set state = excluded.state, steps = excluded.steps, failure = excluded.failure, reply = excluded.reply,
-                reversed_by_saga_id = excluded.reversed_by_saga_id, updated_at = excluded.updated_at",
-    )
-    .bind(sagas.iter().map(|s| s.saga_id).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.tenant_id).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.idempotency_key.as_str()).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.fingerprint.as_str()).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| if s.kind == SagaKind::Post { "POST" } else { "REVERSE" }).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| if let SagaKind::Reverse { of } = s.kind { Some(of) } else { None }).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.state.as_str()).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| json_text(&s.header)).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| json_text(&s.steps)).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.failure.as_ref().map(json_text)).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.reply.as_ref().map(json_text)).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.reversed_by).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.created_at).collect::<Vec<_>>())
-    .bind(sagas.iter().map(|s| s.updated_at).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 const SAGA_COLUMNS: &str = "saga_id, tenant_id, idempotency_key, request_fingerprint, saga_kind, reverses_saga_id, state, header,

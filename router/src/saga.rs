@@ -228,6 +228,7 @@ impl Router {
         let mut leg_replies: HashMap<usize, Value> = HashMap::new();
         loop {
             let Some(action) = record.next_action() else { return Ok(record) };
+            let state_before = record.state;
             match action {
                 NextAction::Do(step) => {
                     record.count_attempt(step);
@@ -302,7 +303,12 @@ impl Router {
                     record.finish(reply, Utc::now());
                 }
             }
-            record = self.save(record, deadline).await?;
+            // The log is written when the saga turns back and when it ends (and was written
+            // before the first step). Step results in between need no write: a resuming
+            // coordinator learns them again by re-sending the steps, which replay.
+            if record.state != state_before {
+                record = self.save(record, deadline).await?;
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 -- One batch of postings in ONE statement (one round trip, its own transaction unless the
 -- caller opened one): the watermark guard, journal, entries, idempotency records,
--- external references, reversals, balances and outbox. Empty arrays insert nothing.
+-- external references, reversals, balances, outbox and saga logs. Empty arrays insert nothing.
 -- Every data-modifying CTE runs exactly once; if the guard fails, the final select
 -- raises and the whole statement rolls back. With $62 (optimistic) the batch was planned
 -- as if all its keys were new: any key already recorded makes the statement raise too.
@@ -61,6 +61,18 @@ with guard as (
 ), reversals as (
     insert into ledger_reversal (tenant_id, reversed_ledger_tx_id, reversal_ledger_tx_id)
     select * from unnest($59::uuid[], $60::uuid[], $61::uuid[])
+), sagas as (
+    -- saga logs whose home is this shard: opened, moved forward, or claimed for reversal
+    insert into ledger_saga (saga_id, tenant_id, idempotency_key, request_fingerprint, saga_kind, reverses_saga_id, state,
+            header, steps, failure, reply, reversed_by_saga_id, created_at, updated_at)
+    select id, tenant, key, fp, kind, reverses, state, header::jsonb, steps::jsonb, failure::jsonb, reply::jsonb, reversed_by,
+           created, updated
+    from unnest($66::uuid[], $67::uuid[], $68::text[], $69::text[], $70::text[], $71::uuid[], $72::text[], $73::text[],
+                $74::text[], $75::text[], $76::text[], $77::uuid[], $78::timestamptz[], $79::timestamptz[])
+         as u(id, tenant, key, fp, kind, reverses, state, header, steps, failure, reply, reversed_by, created, updated)
+    on conflict (saga_id) do update
+       set state = excluded.state, steps = excluded.steps, failure = excluded.failure, reply = excluded.reply,
+           reversed_by_saga_id = excluded.reversed_by_saga_id, updated_at = excluded.updated_at
 )
 select ledger_require_watermark((select count(*) from guard)),
        ledger_require_new_keys($62, (select count(*) from keys), $63)
