@@ -92,6 +92,9 @@ for shards in $SHARD_COUNTS; do
   if [ "$shards" = "$(echo $SHARD_COUNTS | awk '{print $NF}')" ]; then
     load "uniform-s$shards-random" --concurrency 1024 --keys random
     load "hot-s$shards-home" --concurrency 1024 --keys home --workload hot --hot-accounts 10 --hot-share 0.9
+    # cross-shard transfers run as sagas: one in ten, then all of them
+    load "cross10-s$shards-home" --concurrency 1024 --keys home --cross-shard-share 0.1
+    load "cross100-s$shards" --concurrency 1024 --cross-shard-share 1.0
     half=$((uniform / 2))
     load "open-s$shards-home" --mode open --rate "$((half / 2)),$half,$((half * 3 / 2))" --concurrency 8192 --keys home
     transfers=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select count(*) from ledger_transaction"; done | awk '{s+=$1} END {print s}')
