@@ -1,5 +1,6 @@
 //! Test-only fault hooks, compiled in only with the `fault-injection` feature (the test
-//! crate turns it on; `cargo build --release -p ledger-router` leaves it out).
+//! crate turns it on) and only into debug builds: a release build never has them, even
+//! when a workspace build unifies the feature in.
 //!
 //! `LEDGER_FAULT_HANG_BEFORE_STEP=<n>` makes the coordinator stop before it sends step `n`
 //! of a saga (not an undo): it writes the file named by `LEDGER_FAULT_MARKER` and then

@@ -10,7 +10,7 @@
 //! router also resumes sagas whose coordinator died.
 
 pub mod audit;
-#[cfg(feature = "fault-injection")]
+#[cfg(all(feature = "fault-injection", debug_assertions))]
 pub mod faults;
 mod saga;
 

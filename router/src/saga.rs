@@ -329,7 +329,7 @@ impl Router {
 
     async fn send_step(&self, record: &SagaRecord, step: usize, undo: bool) -> StepAnswer {
         let target = &record.steps[step];
-        #[cfg(feature = "fault-injection")]
+        #[cfg(all(feature = "fault-injection", debug_assertions))]
         crate::faults::before_step(step, undo).await;
         let command = SagaStepCommand {
             tenant_id: record.tenant_id,

@@ -432,3 +432,44 @@ async fn a_second_node_for_owned_shards_cannot_write() {
     let record = stop_load(stop, load).await;
     verify(&work, record, 10).await;
 }
+
+#[tokio::test]
+async fn every_internal_write_delivered_twice_under_load_posts_once() {
+    let work = setup(ProcCluster::start(BINARY, SHARDS, false).await).await;
+    // A second copy of every write a router sends to a shard, a little later (so also out
+    // of order with what follows it), its answer going nowhere: posts, claims,
+    // completions, saga openings, steps, undos and progress records all arrive twice.
+    let client = work.cluster.client.clone();
+    let mut messages = client.subscribe("ledger.internal.v1.shard.*").await.unwrap();
+    let duplicated = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = duplicated.clone();
+    let duplicator = tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut delay = Tiny(7);
+        while let Some(message) = messages.next().await {
+            let is_copy = message.headers.as_ref().is_some_and(|h| h.get("Ledger-Test-Copy").is_some());
+            let is_write = message.payload.starts_with(b"{\"write");
+            if is_copy || !is_write {
+                continue;
+            }
+            let client = client.clone();
+            let pause = Duration::from_millis(delay.next(30) as u64);
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                tokio::time::sleep(pause).await;
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Ledger-Test-Copy", "1");
+                let sink = client.new_inbox();
+                let _ = client.publish_with_reply_and_headers(message.subject, sink, headers, message.payload).await;
+            });
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&work, 6, stop.clone());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let record = stop_load(stop, load).await;
+    duplicator.abort();
+    eprintln!("internal writes delivered twice: {}", duplicated.load(Ordering::SeqCst));
+    assert!(duplicated.load(Ordering::SeqCst) > 100);
+    verify(&work, record, 10).await;
+}
