@@ -175,7 +175,11 @@ pub enum Outcome {
     SagaInFlight {
         saga_id: Uuid,
     },
-    /// A saga log as stored after a progress record.
+    /// A progress record was stored as given (at this time).
+    SagaSaved {
+        updated_at: DateTime<Utc>,
+    },
+    /// A progress record was ignored (it would move the saga back): the log as stored.
     Saga(Box<SagaRecord>),
 }
 
@@ -811,9 +815,10 @@ impl<I: IdSource> Planner<'_, I> {
             };
             self.record_key(tenant_id, &key, &fingerprint, outcome);
         }
+        let updated_at = record.updated_at;
         self.snapshot.sagas.insert(record.saga_id, record.clone());
-        self.writes.sagas.push(record.clone());
-        Outcome::Saga(Box::new(record))
+        self.writes.sagas.push(record);
+        Outcome::SagaSaved { updated_at }
     }
 
     fn saga_step(&mut self, command: &SagaStepCommand) -> Outcome {
@@ -1276,6 +1281,7 @@ mod tests {
             Outcome::SagaBegun(_) => "SAGA_BEGUN",
             Outcome::SagaInFlight { .. } => "SAGA_IN_FLIGHT",
             Outcome::Saga(_) => "SAGA",
+            Outcome::SagaSaved { .. } => "SAGA_SAVED",
         }
     }
 
@@ -1754,6 +1760,26 @@ mod tests {
             assert_eq!(shard.balance("alice"), 11_000, "a step that arrives after its undo never posts");
         }
 
+        #[test]
+        fn a_compensation_never_drives_a_balance_below_zero_and_is_not_stored_when_refused() {
+            let mut shard = funded_shard();
+            let saga_id = SequentialIds(905).saga_id(at(0), 1);
+            // the leg brings 300 to alice; she spends it before the saga turns back
+            let action = StepAction::Post { entries: vec![leg("alice", Side::Credit, 300, 2)] };
+            assert!(matches!(shard.run(&[step(saga_id, 0, false, action.clone())])[0], Outcome::Posted(_)));
+            shard.run(&[create("shop", AccountType::Liability, "IDR", false), transfer("spend", "alice", "shop", 1_300)]);
+            assert_eq!(shard.balance("alice"), 0);
+            let refused = shard.run(&[step(saga_id, 0, true, action.clone())]);
+            assert_eq!(code_of(&refused[0]), "INSUFFICIENT_FUNDS");
+            assert_eq!(shard.balance("alice"), 0, "never below zero");
+            // not stored: once the money is back, the same undo posts
+            shard.run(&[transfer("refund", "shop", "alice", 300)]);
+            let undone = shard.run(&[step(saga_id, 0, true, action)]);
+            assert!(matches!(undone[0], Outcome::Posted(_)), "{undone:?}");
+            assert_eq!(shard.balance("alice"), 0);
+            assert_eq!(clearing_balance(&shard), 0);
+        }
+
         fn draft(key: &str, fingerprint: &str) -> SagaRecord {
             SagaRecord {
                 saga_id: Uuid::nil(),
@@ -1778,8 +1804,11 @@ mod tests {
 
         fn progress(shard: &mut Shard, record: &SagaRecord) -> SagaRecord {
             let outcome = shard.run(&[Command::SagaProgress(Box::new(SagaProgressCommand { record: record.clone() }))]);
-            let Outcome::Saga(stored) = &outcome[0] else { panic!("{outcome:?}") };
-            (**stored).clone()
+            match &outcome[0] {
+                Outcome::SagaSaved { .. } => shard.snapshot.sagas[&record.saga_id].clone(),
+                Outcome::Saga(stored) => (**stored).clone(),
+                other => panic!("{other:?}"),
+            }
         }
 
         #[test]

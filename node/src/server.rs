@@ -365,7 +365,10 @@ async fn reply_for(runtime: &ShardRuntime, tenant_id: Uuid, is_claim: bool, outc
         Outcome::KeyClaimed | Outcome::RefClaimed => ShardReply::claim(ClaimAnswer::Claimed),
         Outcome::RefHeld { ledger_tx_id } => ShardReply::claim(ClaimAnswer::Held { ledger_tx_id }),
         Outcome::Completed => ShardReply::claim(ClaimAnswer::Completed),
-        Outcome::SagaBegun(record) => ShardReply::claim(ClaimAnswer::SagaBegun { record }),
+        Outcome::SagaBegun(record) => {
+            ShardReply::claim(ClaimAnswer::SagaBegun { saga_id: record.saga_id, created_at: record.created_at })
+        }
+        Outcome::SagaSaved { updated_at } => ShardReply::claim(ClaimAnswer::SagaSaved { updated_at }),
         Outcome::SagaInFlight { saga_id } if is_claim => ShardReply::claim(ClaimAnswer::SagaInFlight { saga_id }),
         // a post or reversal whose key a running saga holds: the client retries later
         Outcome::SagaInFlight { .. } => ShardReply::rejected(&Rejection::InProgress),

@@ -75,15 +75,21 @@ pub enum ClaimAnswer {
         ledger_tx_id: Option<Uuid>,
     },
     Completed,
-    /// A saga opened on this (home) shard.
+    /// A saga opened on this (home) shard: its id and opening time (the rest of its log
+    /// is the draft the coordinator sent).
     SagaBegun {
-        record: Box<ledger_core::saga::SagaRecord>,
+        saga_id: Uuid,
+        created_at: chrono::DateTime<chrono::Utc>,
+    },
+    /// A progress record stored as sent.
+    SagaSaved {
+        updated_at: chrono::DateTime<chrono::Utc>,
     },
     /// The key belongs to a saga still running.
     SagaInFlight {
         saga_id: Uuid,
     },
-    /// A saga log as stored.
+    /// A progress record ignored (it would have moved the saga back): the log as stored.
     Saga {
         record: Box<ledger_core::saga::SagaRecord>,
     },

@@ -45,7 +45,13 @@ pub struct Router {
     link: ShardLink,
     config: ClusterConfig,
     ring: HashRing,
+    /// Facts of accounts (existence, currency, type) read for sagas. They never change
+    /// once an account exists, so a cached fact is never stale; absence is not cached.
+    account_facts: std::sync::Mutex<lru::LruCache<(Uuid, Uuid), ledger_protocol::internal::AccountFacts>>,
 }
+
+/// Most account facts one router keeps.
+const ACCOUNT_FACTS_CACHED_MAX: usize = 200_000;
 
 /// Runs a router until `shutdown` resolves.
 pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -66,6 +72,9 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
         link: ShardLink::new(client.clone(), Duration::from_millis(config.limits.request_timeout_ms), &config),
         ring: config.ring(),
         config,
+        account_facts: std::sync::Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(ACCOUNT_FACTS_CACHED_MAX).expect("positive"),
+        )),
     });
     let mut endpoints = Vec::new();
     for operation in TENANT_OPERATIONS {

@@ -129,9 +129,12 @@ impl Router {
     async fn run_saga(&self, draft: SagaRecord) -> ShardReply {
         let home = self.ring.shard_for_key(draft.tenant_id, &draft.idempotency_key);
         let tenant_id = draft.tenant_id;
-        let answer = self.link.write(home, Command::BeginSaga(Box::new(BeginSagaCommand { record: draft }))).await;
+        let begin = Command::BeginSaga(Box::new(BeginSagaCommand { record: draft.clone() }));
+        let answer = self.link.write(home, begin).await;
         let record = match answer.as_claim() {
-            Some(ClaimAnswer::SagaBegun { record }) => *record,
+            Some(ClaimAnswer::SagaBegun { saga_id, created_at }) => {
+                SagaRecord { saga_id, created_at, updated_at: created_at, ..draft }
+            }
             Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
             Some(ClaimAnswer::SagaInFlight { saga_id }) => return self.await_saga(home, tenant_id, saga_id).await,
             // a conflict, a replayed refusal, IN_PROGRESS, or the home is unavailable
@@ -320,6 +323,7 @@ impl Router {
             let command = Command::SagaProgress(Box::new(SagaProgressCommand { record: record.clone() }));
             let answer = self.link.write(home, command).await;
             match answer.as_claim() {
+                Some(ClaimAnswer::SagaSaved { updated_at }) => return Ok(SagaRecord { updated_at, ..record }),
                 Some(ClaimAnswer::Saga { record }) => return Ok(*record),
                 _ if answer.status >= 500 => pause_or_give_up(deadline, answer).await?,
                 _ => return Err(ShardReply::internal(&format!("saga log refused progress: {}", answer.body.get()))),
@@ -350,27 +354,39 @@ impl Router {
         }
     }
 
-    /// Facts about accounts, from their shards, read concurrently.
+    /// Facts about accounts: cached, or read from their shards concurrently.
     async fn account_facts(
         &self,
         tenant_id: Uuid,
         accounts: impl Iterator<Item = Uuid>,
     ) -> Result<HashMap<Uuid, AccountFacts>, ShardReply> {
+        let mut facts = HashMap::new();
         let mut by_shard: BTreeMap<ShardId, Vec<Uuid>> = BTreeMap::new();
-        for id in accounts {
-            by_shard.entry(self.ring.shard_for_account(id)).or_default().push(id);
+        {
+            let mut cached = self.account_facts.lock().expect("not poisoned");
+            for id in accounts {
+                match cached.get(&(tenant_id, id)) {
+                    Some(known) => {
+                        facts.insert(id, known.clone());
+                    }
+                    None => by_shard.entry(self.ring.shard_for_account(id)).or_default().push(id),
+                }
+            }
         }
         let reads = by_shard.into_iter().map(|(shard, account_ids)| async move {
             self.link.send(shard, &ShardRequest::AccountFacts { tenant_id, account_ids }).await
         });
-        let mut facts = HashMap::new();
         for reply in futures::future::join_all(reads).await {
             if reply.status != 200 {
                 return Err(reply);
             }
             let found: Vec<AccountFacts> = serde_json::from_str(reply.body.get())
                 .map_err(|e| ShardReply::internal(&format!("malformed account facts: {e}")))?;
-            facts.extend(found.into_iter().map(|f| (f.account_id, f)));
+            let mut cached = self.account_facts.lock().expect("not poisoned");
+            for fact in found {
+                cached.put((tenant_id, fact.account_id), fact.clone());
+                facts.insert(fact.account_id, fact);
+            }
         }
         Ok(facts)
     }
