@@ -175,8 +175,10 @@ impl Router {
     /// is idempotent) and drives the saga to its end; `Err` when shards stayed unreachable
     /// until `deadline` (the saga stays in flight for recovery).
     pub(crate) async fn finish_saga(&self, mut record: SagaRecord, deadline: Instant) -> Result<SagaRecord, ShardReply> {
+        // Only a saga that has not turned back claims: one that turned back either holds
+        // the claim already (and releases it when it ends) or was refused for it.
         if let Some(external_ref) = record.header.external_ref.clone()
-            && !record.state.is_terminal()
+            && record.state == SagaState::Running
         {
             let home = self.ring.shard_for_key(record.tenant_id, &crate::external_ref_home_key(&external_ref));
             let claim = ClaimRefCommand {
