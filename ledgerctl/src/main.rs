@@ -361,7 +361,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Topology => ("admin.topology", json!({}), |v| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())),
         Cmd::Audit => {
-            let reply = client.call("admin.audit", &json!({})).await?;
+            // the audit scans every shard's journal: give it time unless told otherwise
+            let patient = Client { timeout: client.timeout.max(Duration::from_secs(120)), ..client };
+            let reply = patient.call("admin.audit", &json!({})).await?;
             let Ok(audit) = reply else { bail!("the audit was refused") };
             if cli.json {
                 println!("{audit}");

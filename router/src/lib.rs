@@ -50,6 +50,9 @@ pub struct Router {
     account_facts: std::sync::Mutex<lru::LruCache<(Uuid, Uuid), ledger_protocol::internal::AccountFacts>>,
 }
 
+/// How long the audit waits for a shard's part (it scans the shard's journal).
+const AUDIT_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Most account facts one router keeps.
 const ACCOUNT_FACTS_CACHED_MAX: usize = 200_000;
 
@@ -222,8 +225,12 @@ impl Router {
 
     /// Every shard's audit, read concurrently, and the cluster-wide checks.
     async fn audit(&self) -> ShardReply {
-        let reads =
-            self.ring.shards().iter().map(|shard| async move { (*shard, self.link.send(*shard, &ShardRequest::Audit).await) });
+        // full scans of every shard: allowed far longer than a request
+        let reads = self
+            .ring
+            .shards()
+            .iter()
+            .map(|shard| async move { (*shard, send(&self.link.client, AUDIT_TIMEOUT, *shard, &ShardRequest::Audit).await) });
         let mut parts = Vec::new();
         let mut unreachable = Vec::new();
         for (shard, reply) in futures::future::join_all(reads).await {
