@@ -10,8 +10,8 @@
 
 use crate::account::{AccountState, AccountStatus, EntryEffect};
 use crate::command::{
-    ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand, EntryCommand,
-    ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SagaStepCommand, SetStatusCommand,
+    BeginSagaCommand, ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand,
+    EntryCommand, ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SagaStepCommand, SetStatusCommand,
 };
 use crate::currency::Currency;
 use crate::ids::IdSource;
@@ -171,6 +171,8 @@ pub enum Outcome {
     Completed,
     /// A saga was opened: its log as written, with its id.
     SagaBegun(Box<SagaRecord>),
+    /// A saga was opened and its first step executed in the same batch: how it went.
+    SagaBegunWithFirstStep(Box<SagaRecord>, Box<Outcome>),
     /// The key belongs to a saga that is still running.
     SagaInFlight {
         saga_id: Uuid,
@@ -337,7 +339,7 @@ pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Comman
             Command::CompleteKey(c) => planner.complete_key(c),
             Command::ClaimRef(c) => planner.claim_ref(c),
             Command::CompleteRef(c) => planner.complete_ref(c),
-            Command::BeginSaga(c) => planner.begin_saga(&c.record),
+            Command::BeginSaga(c) => planner.begin_saga(c),
             Command::SagaProgress(c) => planner.saga_progress(&c.record),
             Command::SagaStep(c) => planner.saga_step(c),
         })
@@ -760,7 +762,8 @@ impl<I: IdSource> Planner<'_, I> {
     // ---- sagas -------------------------------------------------------------------
 
     /// Opens a saga: the key is claimed for it and its log written, in this batch.
-    fn begin_saga(&mut self, draft: &SagaRecord) -> Outcome {
+    fn begin_saga(&mut self, command: &BeginSagaCommand) -> Outcome {
+        let draft = &command.record;
         let (tenant_id, key, fingerprint) = (draft.tenant_id, &draft.idempotency_key, &draft.fingerprint);
         if let Some(answer) = self.check_key(tenant_id, key, fingerprint) {
             return answer;
@@ -785,6 +788,10 @@ impl<I: IdSource> Planner<'_, I> {
         self.record_key(tenant_id, key, fingerprint, KeyOutcome::SagaRunning { saga_id });
         self.snapshot.sagas.insert(saga_id, record.clone());
         self.writes.sagas.push(record.clone());
+        if command.runs_first_step_on(self.input.shard_id) {
+            let first = self.saga_step(&command.first_step(saga_id));
+            return Outcome::SagaBegunWithFirstStep(Box::new(record), Box::new(first));
+        }
         Outcome::SagaBegun(Box::new(record))
     }
 
@@ -1279,6 +1286,7 @@ mod tests {
             Outcome::RefHeld { ledger_tx_id: None } => "REF_HELD_PENDING",
             Outcome::Completed => "COMPLETED",
             Outcome::SagaBegun(_) => "SAGA_BEGUN",
+            Outcome::SagaBegunWithFirstStep(..) => "SAGA_BEGUN_WITH_STEP",
             Outcome::SagaInFlight { .. } => "SAGA_IN_FLIGHT",
             Outcome::Saga(_) => "SAGA",
             Outcome::SagaSaved { .. } => "SAGA_SAVED",
@@ -1780,6 +1788,37 @@ mod tests {
             assert_eq!(clearing_balance(&shard), 0);
         }
 
+        #[test]
+        fn the_home_shard_runs_its_own_first_step_with_the_opening() {
+            let mut shard = funded_shard();
+            let mut record = draft("with-step", "f");
+            record.steps = vec![
+                SagaStep::new(3, StepAction::Post { entries: vec![leg("alice", Side::Debit, 300, 1)] }),
+                SagaStep::new(1, StepAction::Post { entries: vec![] }),
+            ];
+            let begin = BeginSagaCommand { record: record.clone(), run_first_step: true };
+            let outcome = shard.run(&[Command::BeginSaga(Box::new(begin))]).remove(0);
+            let Outcome::SagaBegunWithFirstStep(opened, first) = outcome else { panic!("{outcome:?}") };
+            let Outcome::Posted(leg_tx) = *first else { panic!("{first:?}") };
+            assert_eq!(leg_tx.ledger_tx_id, opened.saga_id);
+            assert_eq!(shard.balance("alice"), 700);
+            // the same step sent again by a coordinator replays
+            let again = shard.run(&[step(opened.saga_id, 0, false, record.steps[0].action.clone())]);
+            assert_eq!(again, vec![Outcome::Replay { ledger_tx_id: opened.saga_id }]);
+            assert_eq!(shard.balance("alice"), 700);
+            // a first step refused is stored like any step; a first step elsewhere is not run
+            let mut refused = draft("refused-first", "f");
+            refused.steps = vec![SagaStep::new(3, StepAction::Post { entries: vec![leg("alice", Side::Debit, 5_000, 1)] })];
+            let begin = BeginSagaCommand { record: refused.clone(), run_first_step: true };
+            let outcome = shard.run(&[Command::BeginSaga(Box::new(begin))]).remove(0);
+            let Outcome::SagaBegunWithFirstStep(opened, first) = outcome else { panic!("{outcome:?}") };
+            assert_eq!(code_of(&first), "INSUFFICIENT_FUNDS");
+            let again = shard.run(&[step(opened.saga_id, 0, false, refused.steps[0].action.clone())]);
+            assert_eq!(code_of(&again[0]), "REPLAY_REJECTION");
+            let elsewhere = BeginSagaCommand { record: draft("elsewhere", "f"), run_first_step: true };
+            assert!(matches!(shard.run(&[Command::BeginSaga(Box::new(elsewhere))])[0], Outcome::SagaBegun(_)));
+        }
+
         fn draft(key: &str, fingerprint: &str) -> SagaRecord {
             SagaRecord {
                 saga_id: Uuid::nil(),
@@ -1799,7 +1838,8 @@ mod tests {
         }
 
         fn begin(shard: &mut Shard, key: &str, fingerprint: &str) -> Outcome {
-            shard.run(&[Command::BeginSaga(Box::new(BeginSagaCommand { record: draft(key, fingerprint) }))]).remove(0)
+            let begin = BeginSagaCommand { record: draft(key, fingerprint), run_first_step: false };
+            shard.run(&[Command::BeginSaga(Box::new(begin))]).remove(0)
         }
 
         fn progress(shard: &mut Shard, record: &SagaRecord) -> SagaRecord {

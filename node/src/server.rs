@@ -366,7 +366,20 @@ async fn reply_for(runtime: &ShardRuntime, tenant_id: Uuid, is_claim: bool, outc
         Outcome::RefHeld { ledger_tx_id } => ShardReply::claim(ClaimAnswer::Held { ledger_tx_id }),
         Outcome::Completed => ShardReply::claim(ClaimAnswer::Completed),
         Outcome::SagaBegun(record) => {
-            ShardReply::claim(ClaimAnswer::SagaBegun { saga_id: record.saga_id, created_at: record.created_at })
+            ShardReply::claim(ClaimAnswer::SagaBegun { saga_id: record.saga_id, created_at: record.created_at, first_step: None })
+        }
+        Outcome::SagaBegunWithFirstStep(record, first) => {
+            // a fresh saga's first step either posted or was refused
+            let first_step = match *first {
+                Outcome::Posted(posted) => ShardReply::ok(&PostReply::new(&posted, false)),
+                Outcome::Rejected(rejection) => ShardReply::rejected(&rejection),
+                other => ShardReply::internal(&format!("unexpected first step outcome {other:?}")),
+            };
+            ShardReply::claim(ClaimAnswer::SagaBegun {
+                saga_id: record.saga_id,
+                created_at: record.created_at,
+                first_step: Some((first_step.status, first_step.body_value())),
+            })
         }
         Outcome::SagaSaved { updated_at } => ShardReply::claim(ClaimAnswer::SagaSaved { updated_at }),
         Outcome::SagaInFlight { saga_id } if is_claim => ShardReply::claim(ClaimAnswer::SagaInFlight { saga_id }),

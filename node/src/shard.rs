@@ -237,14 +237,7 @@ impl ShardState {
         let mut snapshot = Snapshot::default();
         let started = std::time::Instant::now();
 
-        let reversal_targets: Vec<Uuid> = commands
-            .iter()
-            .filter_map(|c| match c {
-                Command::Reverse(r) => Some(r.ledger_tx_id),
-                Command::SagaStep(step) => step.reads_transaction(),
-                _ => None,
-            })
-            .collect();
+        let reversal_targets: Vec<Uuid> = commands.iter().filter_map(Command::reads_transaction).collect();
         if !reversal_targets.is_empty() {
             snapshot.originals = store::load_originals(conn, &reversal_targets).await?;
         }

@@ -80,6 +80,11 @@ pub enum ClaimAnswer {
     SagaBegun {
         saga_id: Uuid,
         created_at: chrono::DateTime<chrono::Utc>,
+        /// The first step's reply (status and body), when the home shard executed it with
+        /// the opening. (A JSON value, not a [`ShardReply`]: an internally tagged enum
+        /// cannot hold raw JSON.)
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_step: Option<(u16, Value)>,
     },
     /// A progress record stored as sent.
     SagaSaved {
@@ -131,6 +136,12 @@ pub enum TransactionLookup {
 pub struct ShardReply {
     pub status: u16,
     pub body: Box<RawValue>,
+}
+
+impl PartialEq for ShardReply {
+    fn eq(&self, other: &ShardReply) -> bool {
+        self.status == other.status && self.body.get() == other.body.get()
+    }
 }
 
 fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {

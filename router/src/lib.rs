@@ -330,7 +330,8 @@ impl Router {
                 Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
                 Some(ClaimAnswer::SagaInFlight { .. }) => return rejected(Rejection::InProgress),
                 // a conflict, a replayed rejection, or the home is unavailable
-                _ => return answer,
+                _ if answer.status != 200 => return answer,
+                _ => return ShardReply::internal(&format!("unexpected answer to a key claim: {}", answer.body.get())),
             }
         }
         if let Some((external_ref, home)) = &claims.reference {

@@ -129,19 +129,39 @@ impl Router {
     async fn run_saga(&self, draft: SagaRecord) -> ShardReply {
         let home = self.ring.shard_for_key(draft.tenant_id, &draft.idempotency_key);
         let tenant_id = draft.tenant_id;
-        let begin = Command::BeginSaga(Box::new(BeginSagaCommand { record: draft.clone() }));
+        // An external reference is claimed before any step; otherwise the home shard runs
+        // the first step with the opening when that step is its own.
+        let run_first_step = draft.header.external_ref.is_none();
+        let begin = Command::BeginSaga(Box::new(BeginSagaCommand { record: draft.clone(), run_first_step }));
         let answer = self.link.write(home, begin).await;
+        let mut leg_replies = HashMap::new();
         let record = match answer.as_claim() {
-            Some(ClaimAnswer::SagaBegun { saga_id, created_at }) => {
-                SagaRecord { saga_id, created_at, updated_at: created_at, ..draft }
+            Some(ClaimAnswer::SagaBegun { saga_id, created_at, first_step }) => {
+                let mut record = SagaRecord { saga_id, created_at, updated_at: created_at, ..draft };
+                if let Some((status, body)) = first_step {
+                    record.count_attempt(0);
+                    match step_answer(ShardReply::with_status(status, &body)) {
+                        StepAnswer::Done(reply) => {
+                            leg_replies.extend(reply.map(|r| (0, r)));
+                            record.record_step(0, StepResult::Posted, Utc::now());
+                        }
+                        StepAnswer::Refused { status, body } => {
+                            record.record_step(0, StepResult::Refused { status, body }, Utc::now())
+                        }
+                        // not executed after all: the coordinator sends it as usual
+                        StepAnswer::Unknown(_) => {}
+                    }
+                }
+                record
             }
             Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
             Some(ClaimAnswer::SagaInFlight { saga_id }) => return self.await_saga(home, tenant_id, saga_id).await,
             // a conflict, a replayed refusal, IN_PROGRESS, or the home is unavailable
-            _ => return answer,
+            _ if answer.status != 200 => return answer,
+            _ => return ShardReply::internal(&format!("unexpected answer to a saga opening: {}", answer.body.get())),
         };
         let deadline = Instant::now() + self.link.request_timeout;
-        match self.finish_saga(record, deadline).await {
+        match self.finish_saga(record, deadline, leg_replies).await {
             Ok(record) => saga_reply(&record),
             Err(unavailable) => unavailable,
         }
@@ -174,7 +194,12 @@ impl Router {
     /// Claims the saga's external reference (again, after a crash: a claim by the same key
     /// is idempotent) and drives the saga to its end; `Err` when shards stayed unreachable
     /// until `deadline` (the saga stays in flight for recovery).
-    pub(crate) async fn finish_saga(&self, mut record: SagaRecord, deadline: Instant) -> Result<SagaRecord, ShardReply> {
+    pub(crate) async fn finish_saga(
+        &self,
+        mut record: SagaRecord,
+        deadline: Instant,
+        leg_replies: HashMap<usize, Value>,
+    ) -> Result<SagaRecord, ShardReply> {
         // Only a saga that has not turned back claims: one that turned back either holds
         // the claim already (and releases it when it ends) or was refused for it.
         if let Some(external_ref) = record.header.external_ref.clone()
@@ -199,7 +224,7 @@ impl Router {
                 record.refuse(refusal.status(), refusal.to_body(), Utc::now());
             }
         }
-        self.drive(record, deadline).await
+        self.drive(record, deadline, leg_replies).await
     }
 
     /// Records the saga's outcome at its external reference's home: bound to the saga
@@ -229,8 +254,12 @@ impl Router {
 
     /// The coordinator loop: the next action of the log, executed, recorded, until the
     /// saga is terminal.
-    async fn drive(&self, mut record: SagaRecord, deadline: Instant) -> Result<SagaRecord, ShardReply> {
-        let mut leg_replies: HashMap<usize, Value> = HashMap::new();
+    async fn drive(
+        &self,
+        mut record: SagaRecord,
+        deadline: Instant,
+        mut leg_replies: HashMap<usize, Value>,
+    ) -> Result<SagaRecord, ShardReply> {
         loop {
             let Some(action) = record.next_action() else { return Ok(record) };
             let state_before = record.state;
@@ -345,15 +374,7 @@ impl Router {
             action: target.action.clone(),
             header: record.header.clone(),
         };
-        let reply = self.link.write(target.shard, Command::SagaStep(Box::new(command))).await;
-        match reply.status {
-            200 => match reply.as_claim() {
-                Some(ClaimAnswer::Completed) => StepAnswer::Done(None),
-                _ => StepAnswer::Done(Some(reply.body_value())),
-            },
-            status if status >= 500 => StepAnswer::Unknown(reply),
-            status => StepAnswer::Refused { status, body: reply.body_value() },
-        }
+        step_answer(self.link.write(target.shard, Command::SagaStep(Box::new(command))).await)
     }
 
     /// Facts about accounts: cached, or read from their shards concurrently.
@@ -406,7 +427,7 @@ impl Router {
                     let saga_id = record.saga_id;
                     info!(%saga_id, shard, state = record.state.as_str(), "resuming an abandoned saga");
                     let deadline = Instant::now() + self.link.request_timeout;
-                    match self.finish_saga(record, deadline).await {
+                    match self.finish_saga(record, deadline, HashMap::new()).await {
                         Ok(done) => info!(%saga_id, state = done.state.as_str(), "saga resumed to its end"),
                         Err(reply) => warn!(%saga_id, reply = reply.body.get(), "saga still cannot finish; will retry"),
                     }
@@ -432,6 +453,17 @@ fn draft(tenant_id: Uuid, key: &str, fingerprint: &str, kind: SagaKind, header: 
         reversed_by: None,
         created_at: now,
         updated_at: now,
+    }
+}
+
+fn step_answer(reply: ShardReply) -> StepAnswer {
+    match reply.status {
+        200 => match reply.as_claim() {
+            Some(ClaimAnswer::Completed) => StepAnswer::Done(None),
+            _ => StepAnswer::Done(Some(reply.body_value())),
+        },
+        status if status >= 500 => StepAnswer::Unknown(reply),
+        status => StepAnswer::Refused { status, body: reply.body_value() },
     }
 }
 
