@@ -353,7 +353,7 @@ pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Comman
 
 /// Whether a refusal with this status and body is remembered under its key (PROTOCOL.md:
 /// 409 and 422, except the refusals that concern the key itself).
-fn rejection_is_stored(status: u16, body: &Value) -> bool {
+pub fn rejection_is_stored(status: u16, body: &Value) -> bool {
     let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or_default();
     matches!(status, 409 | 422) && !matches!(code, "IDEMPOTENCY_CONFLICT" | "IN_PROGRESS")
 }
@@ -1820,21 +1820,8 @@ mod tests {
         }
 
         fn draft(key: &str, fingerprint: &str) -> SagaRecord {
-            SagaRecord {
-                saga_id: Uuid::nil(),
-                tenant_id: TENANT,
-                idempotency_key: key.into(),
-                fingerprint: fingerprint.into(),
-                kind: SagaKind::Post,
-                header: header(),
-                steps: vec![SagaStep::new(1, StepAction::Post { entries: vec![] })],
-                state: SagaState::Running,
-                failure: None,
-                reply: None,
-                reversed_by: None,
-                created_at: at(0),
-                updated_at: at(0),
-            }
+            let steps = vec![SagaStep::new(1, StepAction::Post { entries: vec![] })];
+            SagaRecord::draft(TENANT, key, fingerprint, SagaKind::Post, header(), steps, at(0))
         }
 
         fn begin(shard: &mut Shard, key: &str, fingerprint: &str) -> Outcome {

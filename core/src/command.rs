@@ -299,14 +299,12 @@ impl Command {
     }
 
     /// Every idempotency record the command reads: its key, or a saga step's records.
-    pub fn keys_read(&self) -> Vec<String> {
-        match self {
-            Command::SagaStep(c) => {
-                let forward = crate::saga::step_key(c.saga_id, c.step);
-                if c.undo { vec![forward, c.key()] } else { vec![forward] }
-            }
-            other => other.idempotency_key().map(str::to_owned).into_iter().collect(),
-        }
+    pub fn keys_read(&self) -> impl Iterator<Item = String> + '_ {
+        let (first, undo) = match self {
+            Command::SagaStep(c) => (Some(crate::saga::step_key(c.saga_id, c.step)), c.undo.then(|| c.key())),
+            other => (other.idempotency_key().map(str::to_owned), None),
+        };
+        first.into_iter().chain(undo)
     }
 
     /// Saga logs the command reads.

@@ -188,6 +188,36 @@ pub struct SagaRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl SagaRecord {
+    /// The log of a saga about to open: running, nothing done. The home shard gives it
+    /// its id and times when it opens it.
+    pub fn draft(
+        tenant_id: Uuid,
+        idempotency_key: &str,
+        fingerprint: &str,
+        kind: SagaKind,
+        header: LegHeader,
+        steps: Vec<SagaStep>,
+        now: DateTime<Utc>,
+    ) -> SagaRecord {
+        SagaRecord {
+            saga_id: Uuid::nil(),
+            tenant_id,
+            idempotency_key: idempotency_key.to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            kind,
+            header,
+            steps,
+            state: SagaState::Running,
+            failure: None,
+            reply: None,
+            reversed_by: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// What the coordinator does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NextAction {
@@ -361,30 +391,21 @@ mod tests {
     }
 
     fn record(steps: usize) -> SagaRecord {
+        let header = LegHeader {
+            tx_type: "T".into(),
+            actor: "a".into(),
+            reason_code: None,
+            business_ref: None,
+            external_ref: None,
+            occurred_at: None,
+            metadata: Value::Null,
+            entry_count: 2,
+        };
+        let steps = (0..steps).map(|i| SagaStep::new(i as u16, StepAction::Post { entries: vec![] })).collect();
         let now = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
         SagaRecord {
             saga_id: Uuid::from_u128(1),
-            tenant_id: Uuid::from_u128(2),
-            idempotency_key: "k".into(),
-            fingerprint: "f".into(),
-            kind: SagaKind::Post,
-            header: LegHeader {
-                tx_type: "T".into(),
-                actor: "a".into(),
-                reason_code: None,
-                business_ref: None,
-                external_ref: None,
-                occurred_at: None,
-                metadata: Value::Null,
-                entry_count: 2,
-            },
-            steps: (0..steps).map(|i| SagaStep::new(i as u16, StepAction::Post { entries: vec![] })).collect(),
-            state: SagaState::Running,
-            failure: None,
-            reply: None,
-            reversed_by: None,
-            created_at: now,
-            updated_at: now,
+            ..SagaRecord::draft(Uuid::from_u128(2), "k", "f", SagaKind::Post, header, steps, now)
         }
     }
 

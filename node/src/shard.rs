@@ -259,8 +259,7 @@ impl ShardState {
             }
         }
 
-        let keys: Vec<(Uuid, String)> =
-            commands.iter().flat_map(|c| c.keys_read().into_iter().map(|k| (c.tenant_id(), k))).collect();
+        let keys: Vec<(Uuid, String)> = commands.iter().flat_map(|c| c.keys_read().map(|k| (c.tenant_id(), k))).collect();
         // Claims, completions, saga progress and undos need the records; posts, reversals,
         // saga openings and steps can assume new keys (the write proves it).
         let keys_assumed_new = optimistic && !commands.iter().any(Command::needs_key_records);

@@ -806,28 +806,22 @@ pub async fn account_exists(conn: impl PgExecutor<'_>, tenant_id: Uuid, account_
 
 // ---- sagas and audit ---------------------------------------------------------------
 
-/// Currency and type of the accounts that exist among `ids`.
+/// Currency and type of the tenant's accounts that exist among `ids`.
 pub async fn account_facts(
     conn: impl PgExecutor<'_>,
     tenant_id: Uuid,
     ids: &[Uuid],
 ) -> Result<Vec<ledger_protocol::internal::AccountFacts>, StoreError> {
-    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
-        "select account_id, currency_code, account_type from ledger_account where account_id = any($1) and tenant_id = $2",
-    )
-    .bind(ids)
-    .bind(tenant_id)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|(account_id, currency, kind)| {
-            Ok(ledger_protocol::internal::AccountFacts {
-                account_id,
-                currency,
-                account_type: AccountType::parse(&kind).ok_or_else(|| corrupt("account type", &kind))?,
-            })
+    Ok(load_accounts(conn, ids)
+        .await?
+        .into_iter()
+        .filter(|a| a.tenant_id == tenant_id)
+        .map(|a| ledger_protocol::internal::AccountFacts {
+            account_id: a.account_id,
+            currency: a.currency.to_string(),
+            account_type: a.account_type,
         })
-        .collect()
+        .collect())
 }
 
 /// What this shard's database proves about itself (`ledger.v1.admin.audit`). Full scans:

@@ -372,9 +372,7 @@ impl Router {
             status if status >= 500 => return,
             _ => {
                 let code = reply.error_code().unwrap_or_default();
-                let stored =
-                    matches!(reply.status, 409 | 422) && !matches!(code.as_str(), "IDEMPOTENCY_CONFLICT" | "IN_PROGRESS");
-                let key = if stored {
+                let key = if ledger_core::batch::rejection_is_stored(reply.status, &reply.body_value()) {
                     KeyCompletion::Rejected { status: reply.status, body: reply.body_value() }
                 } else if code == "IDEMPOTENCY_CONFLICT" {
                     // the key belongs to another request: not ours to complete

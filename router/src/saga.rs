@@ -70,7 +70,15 @@ impl Router {
             metadata: command.metadata.clone(),
             entry_count: command.entries.len(),
         };
-        let draft = draft(command.tenant_id, &command.idempotency_key, &command.fingerprint, SagaKind::Post, header, steps);
+        let draft = SagaRecord::draft(
+            command.tenant_id,
+            &command.idempotency_key,
+            &command.fingerprint,
+            SagaKind::Post,
+            header,
+            steps,
+            Utc::now(),
+        );
         self.run_saga(draft).await
     }
 
@@ -120,7 +128,8 @@ impl Router {
             entry_count: original.header.entry_count,
         };
         let kind = SagaKind::Reverse { of: original.saga_id };
-        let draft = draft(command.tenant_id, &command.idempotency_key, &command.fingerprint, kind, header, steps);
+        let draft =
+            SagaRecord::draft(command.tenant_id, &command.idempotency_key, &command.fingerprint, kind, header, steps, Utc::now());
         self.run_saga(draft).await
     }
 
@@ -434,25 +443,6 @@ impl Router {
                 }
             }
         }
-    }
-}
-
-fn draft(tenant_id: Uuid, key: &str, fingerprint: &str, kind: SagaKind, header: LegHeader, steps: Vec<SagaStep>) -> SagaRecord {
-    let now = Utc::now();
-    SagaRecord {
-        saga_id: Uuid::nil(),
-        tenant_id,
-        idempotency_key: key.to_owned(),
-        fingerprint: fingerprint.to_owned(),
-        kind,
-        header,
-        steps,
-        state: SagaState::Running,
-        failure: None,
-        reply: None,
-        reversed_by: None,
-        created_at: now,
-        updated_at: now,
     }
 }
 

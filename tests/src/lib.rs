@@ -240,12 +240,7 @@ impl Cluster {
 
     /// `n` account codes starting with `tag` that the ring places on `shard`.
     pub fn codes_on(&self, shard: u16, tag: &str, n: usize) -> Vec<String> {
-        let ring = self.config.ring();
-        (0..)
-            .map(|i| format!("{tag}-{i}"))
-            .filter(|code| ring.shard_for_account(ledger_core::ids::account_id(self.tenant, code)) == shard)
-            .take(n)
-            .collect()
+        codes_on(&self.config.ring(), self.tenant, shard, tag, n)
     }
 
     /// `ledger.v1.admin.audit`.
@@ -334,6 +329,15 @@ impl Cluster {
             }
         }
     }
+}
+
+/// `n` account codes of `tenant` starting with `tag` that `ring` places on `shard`.
+pub fn codes_on(ring: &ledger_core::ring::HashRing, tenant: Uuid, shard: u16, tag: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .filter(|code| ring.shard_for_account(ledger_core::ids::account_id(tenant, code)) == shard)
+        .take(n)
+        .collect()
 }
 
 pub fn transfer_body(key: &str, from: &str, to: &str, amount_minor: i64, currency: &str) -> Value {

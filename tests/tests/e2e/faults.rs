@@ -50,12 +50,7 @@ async fn setup(cluster: ProcCluster) -> Workload {
 }
 
 fn codes_on(cluster: &ProcCluster, shard: u16, tag: &str, n: usize) -> Vec<String> {
-    let ring = cluster.config.ring();
-    (0..)
-        .map(|i| format!("{tag}-{i}"))
-        .filter(|code| ring.shard_for_account(ledger_core::ids::account_id(cluster.tenant, code)) == shard)
-        .take(n)
-        .collect()
+    ledger_tests::codes_on(&cluster.config.ring(), cluster.tenant, shard, tag, n)
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -9,10 +9,9 @@ use uuid::Uuid;
 
 /// Two account codes that live on `shard`.
 fn pair_on(ring: &HashRing, tenant: Uuid, shard: ShardId, tag: &str) -> (String, String) {
-    let mut found = (0..)
-        .map(|i| format!("{tag}-{i}"))
-        .filter(|code| ring.shard_for_account(ledger_core::ids::account_id(tenant, code)) == shard);
-    (found.next().unwrap(), found.next().unwrap())
+    let mut codes = ledger_tests::codes_on(ring, tenant, shard, tag, 2);
+    let second = codes.pop().unwrap();
+    (codes.pop().unwrap(), second)
 }
 
 /// A key whose home is none of `avoid`.
