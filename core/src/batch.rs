@@ -8,7 +8,7 @@
 //! that make the accepted ones durable; the shell writes them in one database
 //! transaction and only then lets the new state replace its cache.
 
-use crate::account::{AccountState, AccountStatus, EntryEffect};
+use crate::account::{AccountState, AccountStatus, EntryEffect, Unsettled};
 use crate::command::{
     BeginSagaCommand, ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand,
     EntryCommand, ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SagaStepCommand, SetStatusCommand,
@@ -18,8 +18,8 @@ use crate::ids::IdSource;
 use crate::money::Side;
 use crate::rejection::Rejection;
 use crate::saga::{
-    CLEARING_ACCOUNT_TYPE, LegEntry, SagaRecord, SagaState, StepAction, TX_TYPE_SAGA_COMPENSATION, clearing_account_code,
-    clearing_entries,
+    CLEARING_ACCOUNT_TYPE, LegEntry, SagaRecord, SagaState, StepAction, StepPhase, TX_TYPE_SAGA_COMPENSATION,
+    clearing_account_code, clearing_account_id, clearing_entries,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -98,6 +98,8 @@ pub struct OriginalTx {
     /// The `entry_seq` of each entry (1..=n, except in the legs of a saga).
     pub seqs: Vec<i32>,
     pub reversed_by: Option<Uuid>,
+    /// A saga leg posted held whose hold is not settled yet (`ledger_saga_hold`).
+    pub held: bool,
 }
 
 /// Everything a batch may read, prefetched by the shell. Absent means "does not exist".
@@ -275,6 +277,15 @@ pub struct ReversalRow {
     pub reversal_ledger_tx_id: Uuid,
 }
 
+/// A saga leg posted held on this shard (`ledger_saga_hold`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HoldRow {
+    pub tenant_id: Uuid,
+    pub saga_id: Uuid,
+    pub step: i32,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
     pub event_id: Uuid,
@@ -300,6 +311,10 @@ pub struct Writes {
     pub reversals: Vec<ReversalRow>,
     /// Saga logs to insert or update, at most one row per saga.
     pub sagas: Vec<SagaRecord>,
+    /// Saga legs posted held in this batch.
+    pub holds_opened: Vec<HoldRow>,
+    /// Saga legs (by saga id) whose hold settled in this batch: released or compensated.
+    pub holds_settled: Vec<Uuid>,
     /// Accounts whose balance or status changed; their final state is in the snapshot.
     pub touched_accounts: BTreeSet<Uuid>,
     pub outbox: Vec<OutboxRow>,
@@ -313,6 +328,8 @@ impl Writes {
             && self.keys.is_empty()
             && self.ref_claims.is_empty()
             && self.sagas.is_empty()
+            && self.holds_opened.is_empty()
+            && self.holds_settled.is_empty()
             && self.touched_accounts.is_empty()
     }
 }
@@ -398,6 +415,8 @@ struct Accepted<'c> {
     reason_code: Option<&'c String>,
     metadata: Value,
     reverses_ledger_tx_id: Option<Uuid>,
+    /// A saga leg posted held: its step.
+    held_step: Option<usize>,
 }
 
 impl<I: IdSource> Planner<'_, I> {
@@ -428,6 +447,8 @@ impl<I: IdSource> Planner<'_, I> {
             balance_minor: 0,
             debits_minor: 0,
             credits_minor: 0,
+            unsettled_debits_minor: 0,
+            unsettled_credits_minor: 0,
             version: 0,
             last_entry_id: None,
             attributes_digest: command.attributes_digest(),
@@ -458,11 +479,17 @@ impl<I: IdSource> Planner<'_, I> {
         if from == AccountStatus::Closed {
             return Outcome::Rejected(Rejection::AccountClosed { account_id: command.account_id });
         }
+        if self.is_clearing(account) {
+            return Outcome::Rejected(Rejection::clearing_account(command.account_id));
+        }
         if command.status == AccountStatus::Closed && account.balance_minor != 0 {
             return Outcome::Rejected(Rejection::AccountBalanceNonzero {
                 account_id: command.account_id,
                 balance_minor: account.balance_minor,
             });
+        }
+        if command.status == AccountStatus::Closed && account.is_settling() {
+            return Outcome::Rejected(Rejection::AccountSettling { account_id: command.account_id });
         }
         let now = self.now();
         self.snapshot.accounts.get_mut(&command.account_id).expect("checked above").status = command.status;
@@ -624,8 +651,21 @@ impl<I: IdSource> Planner<'_, I> {
         Outcome::Rejected(rejection)
     }
 
+    /// Whether `account` is one of this shard's clearing accounts: the ledger's own, which
+    /// no client may post to or change.
+    fn is_clearing(&self, account: &AccountState) -> bool {
+        account.allow_negative
+            && account.account_id == clearing_account_id(account.tenant_id, self.input.shard_id, account.currency)
+    }
+
     /// Checks status, funds and totals of every entry; the effects if all pass.
-    fn effects(&self, tenant_id: Uuid, entries: &[EntryCommand], frozen_blocks: bool) -> Result<Vec<EntryEffect>, Rejection> {
+    fn effects(
+        &self,
+        tenant_id: Uuid,
+        entries: &[EntryCommand],
+        frozen_blocks: bool,
+        unsettled: Unsettled,
+    ) -> Result<Vec<EntryEffect>, Rejection> {
         let mut effects = Vec::with_capacity(entries.len());
         for (index, entry) in entries.iter().enumerate() {
             let account = self
@@ -637,13 +677,14 @@ impl<I: IdSource> Planner<'_, I> {
             if frozen_blocks && account.status == AccountStatus::Frozen && account.is_outgoing(entry.side) {
                 return Err(Rejection::AccountFrozen { account_id: entry.account_id });
             }
-            let effect = account.effect_of(entry.side, entry.amount_minor).ok_or_else(|| {
+            let effect = account.effect_of(entry.side, entry.amount_minor, unsettled).ok_or_else(|| {
                 Rejection::invalid(format!("entries[{index}].amount_minor"), "the account's totals would pass 2^63-1")
             })?;
-            if !account.allow_negative && effect.balance_after_minor < 0 {
+            if !account.funds_allow(&effect) {
                 return Err(Rejection::InsufficientFunds {
                     account_id: entry.account_id,
                     balance_minor: account.balance_minor,
+                    held_minor: account.held_minor(),
                     required_minor: entry.amount_minor,
                 });
             }
@@ -668,6 +709,9 @@ impl<I: IdSource> Planner<'_, I> {
                     entry_currency: entry.currency.to_string(),
                 });
             }
+            if self.is_clearing(account) {
+                return Outcome::Rejected(Rejection::clearing_account(entry.account_id));
+            }
         }
         if let Some(holder) = command.external_ref_held_by {
             return self.refuse(tenant_id, key, fingerprint, Rejection::DuplicateExternalRef { ledger_tx_id: holder });
@@ -682,7 +726,7 @@ impl<I: IdSource> Planner<'_, I> {
                 None => {}
             }
         }
-        let effects = match self.effects(tenant_id, &command.entries, true) {
+        let effects = match self.effects(tenant_id, &command.entries, true, Unsettled::Unchanged) {
             Ok(effects) => effects,
             Err(rejection) => return self.refuse(tenant_id, key, fingerprint, rejection),
         };
@@ -702,6 +746,7 @@ impl<I: IdSource> Planner<'_, I> {
             reason_code: command.reason_code.as_ref(),
             metadata: command.metadata.clone(),
             reverses_ledger_tx_id: None,
+            held_step: None,
         })
     }
 
@@ -726,7 +771,7 @@ impl<I: IdSource> Planner<'_, I> {
             original.entries.iter().map(|e| EntryCommand { side: e.side.opposite(), ..e.clone() }).collect();
         let business_ref = original.business_ref.clone();
         let seqs = original.seqs.clone();
-        let effects = match self.effects(tenant_id, &mirrored, false) {
+        let effects = match self.effects(tenant_id, &mirrored, false, Unsettled::Unchanged) {
             Ok(effects) => effects,
             Err(rejection) => return self.refuse(tenant_id, key, fingerprint, rejection),
         };
@@ -746,6 +791,7 @@ impl<I: IdSource> Planner<'_, I> {
             reason_code: Some(&command.reason_code),
             metadata: json!({}),
             reverses_ledger_tx_id: Some(command.ledger_tx_id),
+            held_step: None,
         });
         if let Outcome::Posted(posted) = &outcome {
             self.snapshot.originals.get_mut(&command.ledger_tx_id).expect("looked up above").reversed_by =
@@ -830,20 +876,18 @@ impl<I: IdSource> Planner<'_, I> {
 
     fn saga_step(&mut self, command: &SagaStepCommand) -> Outcome {
         const FINGERPRINT: &str = "saga-step";
+        match command.phase {
+            StepPhase::Forward => {}
+            StepPhase::Undo => return self.undo_step(command, FINGERPRINT),
+            StepPhase::Release => return self.release_step(command),
+        }
         let tenant_id = command.tenant_id;
-        let key = command.key();
-        // A step that was executed (or refused) before answers as it did then.
-        match self.snapshot.keys.get(&(tenant_id, key.clone())).map(|r| r.outcome.clone()) {
-            Some(KeyOutcome::Posted { .. }) if matches!(command.action, StepAction::ClaimReversal { .. }) => {
-                return Outcome::Completed;
-            }
-            Some(KeyOutcome::Posted { ledger_tx_id }) => return Outcome::Replay { ledger_tx_id },
-            Some(KeyOutcome::Rejected { status, body }) => return Outcome::ReplayRejection { status, body },
-            _ => {}
+        let key = command.forward_key();
+        if let Some(answer) = self.step_answered(command, &key) {
+            return answer;
         }
-        if command.undo {
-            return self.undo_step(command, FINGERPRINT);
-        }
+        let (unsettled, held_step) =
+            if command.hold { (Unsettled::Opens, Some(command.step)) } else { (Unsettled::Unchanged, None) };
         // Every refusal of a step is stored under its key, whatever its status: a step
         // re-sent by a resuming coordinator must get the same answer, or a saga that
         // turned back could see a leg post after all.
@@ -869,7 +913,7 @@ impl<I: IdSource> Planner<'_, I> {
                     }
                 }
                 let client_entries: Vec<EntryCommand> = entries.iter().map(|e| e.entry.clone()).collect();
-                let mut effects = match self.effects(tenant_id, &client_entries, true) {
+                let mut effects = match self.effects(tenant_id, &client_entries, true, unsettled) {
                     Ok(effects) => effects,
                     Err(rejection) => return refused(self, rejection),
                 };
@@ -879,7 +923,7 @@ impl<I: IdSource> Planner<'_, I> {
                     self.ensure_clearing_account(tenant_id, c.entry.currency);
                 }
                 let clearing_commands: Vec<EntryCommand> = clearing.iter().map(|e| e.entry.clone()).collect();
-                match self.effects(tenant_id, &clearing_commands, true) {
+                match self.effects(tenant_id, &clearing_commands, true, unsettled) {
                     Ok(more) => effects.extend(more),
                     // a clearing account's totals would pass 2^63-1: refuse, like any account
                     Err(rejection) => return refused(self, rejection),
@@ -903,6 +947,7 @@ impl<I: IdSource> Planner<'_, I> {
                     reason_code: header.reason_code.as_ref(),
                     metadata: header.metadata.clone(),
                     reverses_ledger_tx_id: None,
+                    held_step,
                 })
             }
             StepAction::Mirror { of } => {
@@ -911,7 +956,7 @@ impl<I: IdSource> Planner<'_, I> {
                 };
                 let mirrored: Vec<EntryCommand> =
                     original.entries.iter().map(|e| EntryCommand { side: e.side.opposite(), ..e.clone() }).collect();
-                let effects = match self.effects(tenant_id, &mirrored, false) {
+                let effects = match self.effects(tenant_id, &mirrored, false, unsettled) {
                     Ok(effects) => effects,
                     Err(rejection) => return refused(self, rejection),
                 };
@@ -932,6 +977,7 @@ impl<I: IdSource> Planner<'_, I> {
                     reason_code: header.reason_code.as_ref(),
                     metadata: json!({}),
                     reverses_ledger_tx_id: Some(*of),
+                    held_step,
                 })
             }
             StepAction::ClaimReversal { of } => {
@@ -956,10 +1002,28 @@ impl<I: IdSource> Planner<'_, I> {
         }
     }
 
+    /// A step or undo that was executed (or refused) before answers as it did then.
+    fn step_answered(&self, command: &SagaStepCommand, key: &str) -> Option<Outcome> {
+        match self.snapshot.keys.get(&(command.tenant_id, key.to_owned())).map(|r| &r.outcome) {
+            Some(KeyOutcome::Posted { .. }) if matches!(command.action, StepAction::ClaimReversal { .. }) => {
+                Some(Outcome::Completed)
+            }
+            Some(KeyOutcome::Posted { ledger_tx_id }) => Some(Outcome::Replay { ledger_tx_id: *ledger_tx_id }),
+            Some(KeyOutcome::Rejected { status, body }) => {
+                Some(Outcome::ReplayRejection { status: *status, body: body.clone() })
+            }
+            _ => None,
+        }
+    }
+
     /// Undoes a step. If the step never executed here, it is marked refused first, so that
     /// a late copy of it can never execute after the saga turned back.
     fn undo_step(&mut self, command: &SagaStepCommand, fingerprint: &str) -> Outcome {
         let tenant_id = command.tenant_id;
+        let key = crate::saga::undo_key(command.saga_id, command.step);
+        if let Some(answer) = self.step_answered(command, &key) {
+            return answer;
+        }
         let forward_key = crate::saga::step_key(command.saga_id, command.step);
         match self.snapshot.keys.get(&(tenant_id, forward_key.clone())).map(|r| r.outcome.clone()) {
             Some(KeyOutcome::Posted { .. }) => {}
@@ -973,7 +1037,6 @@ impl<I: IdSource> Planner<'_, I> {
                 return Outcome::Completed;
             }
         }
-        let key = command.key();
         match &command.action {
             StepAction::ClaimReversal { of } => {
                 if let Some(original) = self.snapshot.sagas.get(of).cloned()
@@ -993,13 +1056,19 @@ impl<I: IdSource> Planner<'_, I> {
                 };
                 let mirrored: Vec<EntryCommand> =
                     leg.entries.iter().map(|e| EntryCommand { side: e.side.opposite(), ..e.clone() }).collect();
-                // A compensation may be refused (funds spent meanwhile, an account closed):
-                // that refusal is not stored, the coordinator retries until it posts. It
-                // never drives a non-negative account below zero.
-                let effects = match self.effects(tenant_id, &mirrored, false) {
+                // A held leg's compensation cannot be refused: what the leg brought in was
+                // never spendable and its accounts could not be closed. An unheld leg (a
+                // last leg is never undone; older logs) obeys the ordinary rules: a refusal
+                // is not stored, the coordinator retries until it posts, and it never
+                // drives a non-negative account below zero.
+                let unsettled = if leg.held { Unsettled::Settles } else { Unsettled::Unchanged };
+                let effects = match self.effects(tenant_id, &mirrored, false, unsettled) {
                     Ok(effects) => effects,
                     Err(rejection) => return Outcome::Rejected(rejection),
                 };
+                if leg.held {
+                    self.settle_hold(command.saga_id);
+                }
                 self.accept(Accepted {
                     tenant_id,
                     idempotency_key: &key,
@@ -1016,9 +1085,50 @@ impl<I: IdSource> Planner<'_, I> {
                     reason_code: Some(&"SAGA_COMPENSATION".to_owned()),
                     metadata: json!({"saga_id": command.saga_id, "step": command.step}),
                     reverses_ledger_tx_id: Some(command.saga_id),
+                    held_step: None,
                 })
             }
         }
+    }
+
+    /// Settles a held leg of a saga that posted: its amounts stop being unsettled. Done
+    /// once; a leg that is not held (settled before, or compensated) has nothing to do.
+    fn release_step(&mut self, command: &SagaStepCommand) -> Outcome {
+        let tenant_id = command.tenant_id;
+        if !matches!(
+            self.snapshot.keys.get(&(tenant_id, command.forward_key())).map(|r| &r.outcome),
+            Some(KeyOutcome::Posted { .. })
+        ) {
+            return Outcome::Rejected(Rejection::invalid("step", "only a posted saga leg can be released"));
+        }
+        let Some(leg) = self.snapshot.originals.get(&command.saga_id).filter(|o| o.tenant_id == tenant_id).cloned() else {
+            return Outcome::Completed;
+        };
+        if !leg.held {
+            return Outcome::Completed;
+        }
+        let mut released = Vec::with_capacity(leg.entries.len());
+        for entry in &leg.entries {
+            let mut account = self.snapshot.accounts.get(&entry.account_id).expect("the leg's accounts are prefetched").clone();
+            if account.release(entry.side, entry.amount_minor).is_none() {
+                // the projection disagrees with the hold rows: refuse rather than guess
+                return Outcome::Rejected(Rejection::invalid("step", "the leg's amounts are not unsettled on its accounts"));
+            }
+            released.push(account);
+        }
+        for account in released {
+            self.writes.touched_accounts.insert(account.account_id);
+            self.snapshot.accounts.insert(account.account_id, account);
+        }
+        self.settle_hold(command.saga_id);
+        Outcome::Completed
+    }
+
+    fn settle_hold(&mut self, saga_id: Uuid) {
+        if let Some(leg) = self.snapshot.originals.get_mut(&saga_id) {
+            leg.held = false;
+        }
+        self.writes.holds_settled.push(saga_id);
     }
 
     /// Creates this shard's clearing account for the tenant and currency if it is new.
@@ -1110,8 +1220,17 @@ impl<I: IdSource> Planner<'_, I> {
                 entries: tx.entries.to_vec(),
                 seqs: (0..tx.entries.len()).map(|i| tx.entry_seqs.get(i).copied().unwrap_or(i as i32 + 1)).collect(),
                 reversed_by: None,
+                held: tx.held_step.is_some(),
             },
         );
+        if let Some(step) = tx.held_step {
+            self.writes.holds_opened.push(HoldRow {
+                tenant_id: tx.tenant_id,
+                saga_id: ledger_tx_id,
+                step: step as i32,
+                created_at: now,
+            });
+        }
         let event_entries: Vec<Value> = tx
             .entries
             .iter()
@@ -1244,6 +1363,7 @@ mod tests {
         clock: i64,
         entries: Vec<EntryRow>,
         transactions: Vec<TxRow>,
+        writes_of_last_run: Writes,
     }
 
     impl Shard {
@@ -1255,6 +1375,7 @@ mod tests {
                 clock: 0,
                 entries: vec![],
                 transactions: vec![],
+                writes_of_last_run: Writes::default(),
             }
         }
 
@@ -1265,6 +1386,7 @@ mod tests {
             self.next_commit_seq = plan.next_commit_seq;
             self.entries.extend(plan.writes.entries.iter().cloned());
             self.transactions.extend(plan.writes.transactions.iter().cloned());
+            self.writes_of_last_run = plan.writes;
             plan.outcomes
         }
 
@@ -1705,8 +1827,24 @@ mod tests {
             }
         }
 
+        fn phase_step(saga_id: Uuid, step: usize, phase: StepPhase, hold: bool, action: StepAction) -> Command {
+            Command::SagaStep(Box::new(SagaStepCommand { tenant_id: TENANT, saga_id, step, phase, hold, action, header: header() }))
+        }
+
         fn step(saga_id: Uuid, step: usize, undo: bool, action: StepAction) -> Command {
-            Command::SagaStep(Box::new(SagaStepCommand { tenant_id: TENANT, saga_id, step, undo, action, header: header() }))
+            phase_step(saga_id, step, if undo { StepPhase::Undo } else { StepPhase::Forward }, false, action)
+        }
+
+        fn held(saga_id: Uuid, step: usize, action: StepAction) -> Command {
+            phase_step(saga_id, step, StepPhase::Forward, true, action)
+        }
+
+        fn release(saga_id: Uuid, step: usize, action: StepAction) -> Command {
+            phase_step(saga_id, step, StepPhase::Release, false, action)
+        }
+
+        fn account<'s>(shard: &'s Shard, code: &str) -> &'s AccountState {
+            &shard.snapshot.accounts[&crate::ids::account_id(TENANT, code)]
         }
 
         fn funded_shard() -> Shard {
@@ -1786,6 +1924,158 @@ mod tests {
             assert!(matches!(undone[0], Outcome::Posted(_)), "{undone:?}");
             assert_eq!(shard.balance("alice"), 0);
             assert_eq!(clearing_balance(&shard), 0);
+        }
+
+        #[test]
+        fn a_held_leg_cannot_be_spent_or_closed_and_its_compensation_always_posts() {
+            let mut shard = funded_shard();
+            let saga_id = SequentialIds(906).saga_id(at(0), 1);
+            let incoming = StepAction::Post { entries: vec![leg("alice", Side::Credit, 300, 2)] };
+            assert!(matches!(shard.run(&[held(saga_id, 0, incoming.clone())])[0], Outcome::Posted(_)));
+            assert_eq!((shard.balance("alice"), account(&shard, "alice").held_minor()), (1_300, 300));
+            shard.run(&[create("shop", AccountType::Liability, "IDR", false)]);
+            let refused = shard.run(&[transfer("spend-all", "alice", "shop", 1_300)]);
+            let Outcome::Rejected(rejection) = &refused[0] else { panic!("{refused:?}") };
+            assert_eq!(rejection.to_body()["error"]["details"]["held_minor"], 300, "{rejection:?}");
+            assert!(matches!(shard.run(&[transfer("spend-own", "alice", "shop", 1_000)])[0], Outcome::Posted(_)));
+            let undone = shard.run(&[step(saga_id, 0, true, incoming)]);
+            assert!(matches!(undone[0], Outcome::Posted(_)), "the leg undoes although alice spent all she could: {undone:?}");
+            assert_eq!((shard.balance("alice"), clearing_balance(&shard)), (0, 0));
+            assert!(!account(&shard, "alice").is_settling());
+            assert_eq!(shard.writes_of_last_run.holds_settled, vec![saga_id]);
+
+            // a held leg that takes alice to zero: she cannot be closed until it settles
+            shard.run(&[transfer("refill", "cash", "alice", 500)]);
+            let saga_id = SequentialIds(907).saga_id(at(0), 1);
+            let outgoing = StepAction::Post { entries: vec![leg("alice", Side::Debit, 500, 1)] };
+            assert!(matches!(shard.run(&[held(saga_id, 0, outgoing.clone())])[0], Outcome::Posted(_)));
+            assert_eq!(shard.balance("alice"), 0);
+            assert_eq!(code_of(&shard.run(&[status("alice", AccountStatus::Closed)])[0]), "IN_PROGRESS");
+            assert!(matches!(shard.run(&[step(saga_id, 0, true, outgoing)])[0], Outcome::Posted(_)));
+            assert_eq!(shard.balance("alice"), 500, "the compensation credits a still open account");
+        }
+
+        #[test]
+        fn a_released_leg_is_final_and_spendable_and_releases_once() {
+            let mut shard = funded_shard();
+            let saga_id = SequentialIds(908).saga_id(at(0), 1);
+            let incoming = StepAction::Post { entries: vec![leg("alice", Side::Credit, 300, 2)] };
+            let never_posted = release(SequentialIds(909).saga_id(at(0), 1), 0, incoming.clone());
+            assert_eq!(code_of(&shard.run(&[never_posted])[0]), "INVALID_REQUEST");
+            shard.run(&[held(saga_id, 0, incoming.clone())]);
+            assert_eq!(shard.run(&[release(saga_id, 0, incoming.clone())]), vec![Outcome::Completed]);
+            assert_eq!(shard.writes_of_last_run.holds_settled, vec![saga_id]);
+            assert_eq!((shard.balance("alice"), account(&shard, "alice").held_minor()), (1_300, 0));
+            assert!(!shard.snapshot.accounts.values().any(AccountState::is_settling), "the clearing side settles too");
+            assert_eq!(shard.run(&[release(saga_id, 0, incoming)]), vec![Outcome::Completed]);
+            assert!(shard.writes_of_last_run.holds_settled.is_empty(), "released once");
+            shard.run(&[create("shop", AccountType::Liability, "IDR", false)]);
+            assert!(matches!(shard.run(&[transfer("spend-all", "alice", "shop", 1_300)])[0], Outcome::Posted(_)));
+        }
+
+        #[test]
+        fn clearing_accounts_are_the_ledgers_own() {
+            let mut shard = funded_shard();
+            let saga_id = SequentialIds(910).saga_id(at(0), 1);
+            shard.run(&[step(saga_id, 0, false, StepAction::Post { entries: vec![leg("alice", Side::Debit, 10, 1)] })]);
+            let clearing = clearing_account_id(TENANT, 3, Currency::parse("IDR").unwrap());
+            let entries = vec![
+                EntryCommand { account_id: clearing, side: Side::Debit, amount_minor: 5, currency: Currency::parse("IDR").unwrap() },
+                EntryCommand {
+                    account_id: crate::ids::account_id(TENANT, "alice"),
+                    side: Side::Credit,
+                    amount_minor: 5,
+                    currency: Currency::parse("IDR").unwrap(),
+                },
+            ];
+            let Command::Post(mut direct) = transfer("direct", "cash", "alice", 5) else { unreachable!() };
+            direct.entries = entries;
+            assert_eq!(code_of(&shard.run(&[Command::Post(direct)])[0]), "FORBIDDEN");
+            let close = Command::SetStatus(SetStatusCommand {
+                tenant_id: TENANT,
+                account_id: clearing,
+                status: AccountStatus::Frozen,
+                actor: "ops".into(),
+                reason_code: None,
+            });
+            assert_eq!(code_of(&shard.run(&[close])[0]), "FORBIDDEN");
+        }
+
+        #[derive(Debug, Clone)]
+        enum HoldOp {
+            Open { account: usize, side: Side, amount: i64 },
+            Transfer { from: usize, to: usize, amount: i64 },
+            SetStatus { account: usize, status: AccountStatus },
+            Settle { pick: usize, posted: bool },
+        }
+
+        fn hold_op() -> impl Strategy<Value = HoldOp> {
+            let side = prop_oneof![Just(Side::Debit), Just(Side::Credit)];
+            let status = prop_oneof![Just(AccountStatus::Active), Just(AccountStatus::Frozen), Just(AccountStatus::Closed)];
+            prop_oneof![
+                3 => (0..ACCOUNTS.len(), side, 1i64..400).prop_map(|(account, side, amount)| HoldOp::Open { account, side, amount }),
+                4 => (0..ACCOUNTS.len(), 0..ACCOUNTS.len(), 1i64..400).prop_map(|(from, to, amount)| HoldOp::Transfer { from, to, amount }),
+                1 => (0..ACCOUNTS.len(), status).prop_map(|(account, status)| HoldOp::SetStatus { account, status }),
+                3 => (0..1000usize, any::<bool>()).prop_map(|(pick, posted)| HoldOp::Settle { pick, posted }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+            /// Whatever clients do to the accounts while saga legs are held on them (spend,
+            /// freeze, try to close), every held leg can still be undone, and once all legs
+            /// have settled nothing is left unsettled.
+            #[test]
+            fn a_held_leg_can_always_be_undone(ops in proptest::collection::vec(hold_op(), 1..80)) {
+                let mut shard = Shard::new();
+                shard.run(&ACCOUNTS.iter().map(|(c, t, n)| create(c, *t, "IDR", *n)).collect::<Vec<_>>());
+                shard.run(&[transfer("seed-w1", "source", "w1", 500)]);
+                let mut open: Vec<(Uuid, StepAction)> = Vec::new();
+                for (i, op) in ops.iter().enumerate() {
+                    match op {
+                        HoldOp::Open { account, side, amount } => {
+                            let saga_id = SequentialIds(10_000 + i as u128).saga_id(at(0), 1);
+                            let action = StepAction::Post { entries: vec![leg(ACCOUNTS[*account].0, *side, *amount, 1)] };
+                            if let Outcome::Posted(_) = shard.run(&[held(saga_id, 0, action.clone())])[0] {
+                                open.push((saga_id, action));
+                            }
+                        }
+                        HoldOp::Transfer { from, to, amount } if from != to => {
+                            shard.run(&[transfer(&format!("t{i}"), ACCOUNTS[*from].0, ACCOUNTS[*to].0, *amount)]);
+                        }
+                        HoldOp::SetStatus { account, status: to } => {
+                            shard.run(&[status(ACCOUNTS[*account].0, *to)]);
+                        }
+                        HoldOp::Settle { pick, posted } if !open.is_empty() => {
+                            let (saga_id, action) = open.remove(pick % open.len());
+                            if *posted {
+                                prop_assert_eq!(shard.run(&[release(saga_id, 0, action)]), vec![Outcome::Completed]);
+                            } else {
+                                let undone = shard.run(&[step(saga_id, 0, true, action)]);
+                                prop_assert!(matches!(undone[0], Outcome::Posted(_)), "undo refused: {:?}", undone);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                for (saga_id, action) in open.drain(..) {
+                    let undone = shard.run(&[step(saga_id, 0, true, action)]);
+                    prop_assert!(matches!(undone[0], Outcome::Posted(_)), "undo refused: {:?}", undone);
+                }
+                prop_assert!(!shard.snapshot.accounts.values().any(AccountState::is_settling), "all settled");
+                for (code, account_type, allow_negative) in ACCOUNTS {
+                    let id = crate::ids::account_id(TENANT, code);
+                    let mut running = 0i64;
+                    for e in shard.entries.iter().filter(|e| e.account_id == id) {
+                        running += signed_delta(account_type, e.side, e.amount_minor);
+                        if !allow_negative { prop_assert!(running >= 0, "{} went to {}", code, running); }
+                    }
+                    let state = &shard.snapshot.accounts[&id];
+                    prop_assert_eq!(state.balance_minor, running);
+                    if state.status == AccountStatus::Closed { prop_assert_eq!(state.balance_minor, 0); }
+                }
+            }
         }
 
         #[test]

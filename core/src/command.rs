@@ -4,7 +4,7 @@
 use crate::account::{AccountStatus, AttributesDigest};
 use crate::currency::Currency;
 use crate::money::{AccountType, Side};
-use crate::saga::{LegHeader, SagaRecord, StepAction, clearing_account_id};
+use crate::saga::{LegHeader, SagaRecord, StepAction, StepPhase, clearing_account_id};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -157,7 +157,8 @@ impl BeginSagaCommand {
             tenant_id: self.record.tenant_id,
             saga_id,
             step: 0,
-            undo: false,
+            phase: StepPhase::Forward,
+            hold: self.record.holds(0),
             action: self.record.steps[0].action.clone(),
             header: self.record.header.clone(),
         }
@@ -179,44 +180,44 @@ pub struct SagaProgressCommand {
     pub record: SagaRecord,
 }
 
-/// One step of a saga (or its undo), executed on the step's shard, idempotent by
-/// (saga id, step).
+/// One step of a saga (its forward run, its undo, or the release of its hold), executed
+/// on the step's shard, idempotent by (saga id, step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaStepCommand {
     pub tenant_id: Uuid,
     pub saga_id: Uuid,
     pub step: usize,
-    pub undo: bool,
+    pub phase: StepPhase,
+    /// Forward only: post the leg held (see [`crate::account::Unsettled`]).
+    #[serde(default)]
+    pub hold: bool,
     pub action: StepAction,
     pub header: LegHeader,
 }
 
 impl SagaStepCommand {
-    pub fn key(&self) -> String {
-        if self.undo { crate::saga::undo_key(self.saga_id, self.step) } else { crate::saga::step_key(self.saga_id, self.step) }
+    /// The idempotency record of the forward step (also read by its undo and release).
+    pub fn forward_key(&self) -> String {
+        crate::saga::step_key(self.saga_id, self.step)
     }
 
-    /// The transaction this step reads: the leg it undoes, or the one it mirrors.
+    /// The transaction this step reads: the leg it undoes or releases, or the one it mirrors.
     pub fn reads_transaction(&self) -> Option<Uuid> {
-        step_reads_transaction(&self.action, self.undo, self.saga_id)
-    }
-}
-
-fn step_reads_transaction(action: &StepAction, undo: bool, saga_id: Uuid) -> Option<Uuid> {
-    match (action, undo) {
-        (StepAction::ClaimReversal { .. }, _) => None,
-        (_, true) => Some(saga_id),
-        (StepAction::Mirror { of }, false) => Some(*of),
-        (StepAction::Post { .. }, false) => None,
+        match (&self.action, self.phase) {
+            (StepAction::ClaimReversal { .. }, _) => None,
+            (_, StepPhase::Undo | StepPhase::Release) => Some(self.saga_id),
+            (StepAction::Mirror { of }, StepPhase::Forward) => Some(*of),
+            (StepAction::Post { .. }, StepPhase::Forward) => None,
+        }
     }
 }
 
 /// The accounts a leg needs on `shard_id`: for a posting leg, its entries' accounts and
-/// the clearing accounts that balance them (an undo or a mirror takes its accounts from
-/// the transaction it reads).
-fn leg_accounts(action: &StepAction, undo: bool, tenant_id: Uuid, shard_id: u16) -> Vec<Uuid> {
+/// the clearing accounts that balance them (an undo, a release or a mirror takes its
+/// accounts from the transaction it reads).
+fn leg_accounts(action: &StepAction, phase: StepPhase, tenant_id: Uuid, shard_id: u16) -> Vec<Uuid> {
     match action {
-        StepAction::Post { entries } if !undo => entries
+        StepAction::Post { entries } if phase == StepPhase::Forward => entries
             .iter()
             .map(|e| e.entry.account_id)
             .chain(entries.iter().map(|e| clearing_account_id(tenant_id, shard_id, e.entry.currency)))
@@ -264,9 +265,9 @@ impl Command {
             Command::CreateAccount(c) => vec![c.account_id],
             Command::SetStatus(c) => vec![c.account_id],
             Command::Post(c) => c.entries.iter().map(|e| e.account_id).collect(),
-            Command::SagaStep(c) => leg_accounts(&c.action, c.undo, c.tenant_id, shard_id),
+            Command::SagaStep(c) => leg_accounts(&c.action, c.phase, c.tenant_id, shard_id),
             Command::BeginSaga(c) if c.runs_first_step_on(shard_id) => {
-                leg_accounts(&c.record.steps[0].action, false, c.record.tenant_id, shard_id)
+                leg_accounts(&c.record.steps[0].action, StepPhase::Forward, c.record.tenant_id, shard_id)
             }
             _ => Vec::new(),
         }
@@ -301,7 +302,9 @@ impl Command {
     /// Every idempotency record the command reads: its key, or a saga step's records.
     pub fn keys_read(&self) -> impl Iterator<Item = String> + '_ {
         let (first, undo) = match self {
-            Command::SagaStep(c) => (Some(crate::saga::step_key(c.saga_id, c.step)), c.undo.then(|| c.key())),
+            Command::SagaStep(c) => {
+                (Some(c.forward_key()), (c.phase == StepPhase::Undo).then(|| crate::saga::undo_key(c.saga_id, c.step)))
+            }
             other => (other.idempotency_key().map(str::to_owned), None),
         };
         first.into_iter().chain(undo)
@@ -325,7 +328,7 @@ impl Command {
     pub fn needs_key_records(&self) -> bool {
         match self {
             Command::ClaimKey(_) | Command::CompleteKey(_) | Command::SagaProgress(_) => true,
-            Command::SagaStep(step) => step.undo,
+            Command::SagaStep(step) => step.phase != StepPhase::Forward,
             _ => false,
         }
     }

@@ -25,15 +25,25 @@ pub enum Rejection {
     AlreadyReversed { reversal_tx_id: Uuid },
     InProgress,
     TooLarge { limit_bytes: usize },
-    InsufficientFunds { account_id: Uuid, balance_minor: i64, required_minor: i64 },
+    /// `held_minor`: the part of the balance that unsettled saga legs brought in.
+    InsufficientFunds { account_id: Uuid, balance_minor: i64, held_minor: i64, required_minor: i64 },
     AccountFrozen { account_id: Uuid },
     AccountClosed { account_id: Uuid },
     AccountBalanceNonzero { account_id: Uuid, balance_minor: i64 },
+    /// Closing an account that a cross-shard transaction still in flight touched.
+    AccountSettling { account_id: Uuid },
 }
 
 impl Rejection {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Rejection {
         Rejection::Invalid { field: field.into(), message: message.into() }
+    }
+
+    /// A client asked to post to or change a clearing account, which is the ledger's own.
+    pub fn clearing_account(account_id: Uuid) -> Rejection {
+        Rejection::Forbidden {
+            message: format!("account {account_id} is a clearing account, kept by the ledger itself for cross-shard transactions"),
+        }
     }
 
     pub fn code(&self) -> &'static str {
@@ -50,7 +60,7 @@ impl Rejection {
             Rejection::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
             Rejection::DuplicateExternalRef { .. } => "DUPLICATE_EXTERNAL_REF",
             Rejection::AlreadyReversed { .. } => "ALREADY_REVERSED",
-            Rejection::InProgress => "IN_PROGRESS",
+            Rejection::InProgress | Rejection::AccountSettling { .. } => "IN_PROGRESS",
             Rejection::TooLarge { .. } => "TOO_LARGE",
             Rejection::InsufficientFunds { .. } => "INSUFFICIENT_FUNDS",
             Rejection::AccountFrozen { .. } => "ACCOUNT_FROZEN",
@@ -72,7 +82,8 @@ impl Rejection {
             | Rejection::IdempotencyConflict
             | Rejection::DuplicateExternalRef { .. }
             | Rejection::AlreadyReversed { .. }
-            | Rejection::InProgress => 409,
+            | Rejection::InProgress
+            | Rejection::AccountSettling { .. } => 409,
             Rejection::TooLarge { .. } => 413,
             Rejection::InsufficientFunds { .. }
             | Rejection::AccountFrozen { .. }
@@ -85,7 +96,8 @@ impl Rejection {
     /// retry (PROTOCOL.md section 5): business rejections with status 409 or 422, except
     /// the two that concern the key itself.
     pub fn is_stored_under_key(&self) -> bool {
-        matches!(self.status(), 409 | 422) && !matches!(self, Rejection::IdempotencyConflict | Rejection::InProgress)
+        matches!(self.status(), 409 | 422)
+            && !matches!(self, Rejection::IdempotencyConflict | Rejection::InProgress | Rejection::AccountSettling { .. })
     }
 
     pub fn message(&self) -> String {
@@ -112,13 +124,20 @@ impl Rejection {
                 "a request with this idempotency key or external reference is still being processed; retry later".into()
             }
             Rejection::TooLarge { limit_bytes } => format!("request body is larger than {limit_bytes} bytes"),
-            Rejection::InsufficientFunds { balance_minor, required_minor, .. } => {
+            Rejection::InsufficientFunds { balance_minor, held_minor: 0, required_minor, .. } => {
                 format!("balance {balance_minor} is less than the {required_minor} required")
             }
+            Rejection::InsufficientFunds { balance_minor, held_minor, required_minor, .. } => format!(
+                "balance {balance_minor}, of which {held_minor} is held until a cross-shard transaction settles, \
+                 leaves less than the {required_minor} required"
+            ),
             Rejection::AccountFrozen { .. } => "the account is frozen: outgoing movements are blocked".into(),
             Rejection::AccountClosed { .. } => "the account is closed".into(),
             Rejection::AccountBalanceNonzero { balance_minor, .. } => {
                 format!("the account balance is {balance_minor}, not zero")
+            }
+            Rejection::AccountSettling { .. } => {
+                "a cross-shard transaction on this account is still settling; retry shortly".into()
             }
         }
     }
@@ -143,14 +162,20 @@ impl Rejection {
             Rejection::DuplicateExternalRef { ledger_tx_id } => json!({ "ledger_tx_id": ledger_tx_id }),
             Rejection::AlreadyReversed { reversal_tx_id } => json!({ "reversal_tx_id": reversal_tx_id }),
             Rejection::TooLarge { limit_bytes } => json!({ "limit_bytes": limit_bytes }),
-            Rejection::InsufficientFunds { account_id, balance_minor, required_minor } => json!({
-                "account_id": account_id,
-                "balance_minor": balance_minor,
-                "required_minor": required_minor,
-            }),
-            Rejection::AccountFrozen { account_id } | Rejection::AccountClosed { account_id } => {
-                json!({ "account_id": account_id })
+            Rejection::InsufficientFunds { account_id, balance_minor, held_minor, required_minor } => {
+                let mut details = json!({
+                    "account_id": account_id,
+                    "balance_minor": balance_minor,
+                    "required_minor": required_minor,
+                });
+                if *held_minor != 0 {
+                    details["held_minor"] = json!(held_minor);
+                }
+                details
             }
+            Rejection::AccountFrozen { account_id }
+            | Rejection::AccountClosed { account_id }
+            | Rejection::AccountSettling { account_id } => json!({ "account_id": account_id }),
             Rejection::AccountBalanceNonzero { account_id, balance_minor } => {
                 json!({ "account_id": account_id, "balance_minor": balance_minor })
             }
@@ -175,7 +200,7 @@ mod tests {
     #[test]
     fn only_business_409_and_422_are_stored_under_the_key() {
         let id = Uuid::nil();
-        assert!(Rejection::InsufficientFunds { account_id: id, balance_minor: 0, required_minor: 1 }.is_stored_under_key());
+        assert!(Rejection::InsufficientFunds { account_id: id, balance_minor: 0, held_minor: 0, required_minor: 1 }.is_stored_under_key());
         assert!(Rejection::DuplicateExternalRef { ledger_tx_id: id }.is_stored_under_key());
         assert!(Rejection::AlreadyReversed { reversal_tx_id: id }.is_stored_under_key());
         assert!(Rejection::AccountFrozen { account_id: id }.is_stored_under_key());

@@ -75,6 +75,19 @@ pub enum StepAction {
     Mirror { of: Uuid },
 }
 
+/// Which part of a step a shard is asked to execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepPhase {
+    /// Run the step.
+    Forward,
+    /// Undo it: compensate its leg (or release its reversal claim), or, if it never ran,
+    /// make sure it never will.
+    Undo,
+    /// The saga posted: settle the step's held leg (see [`crate::account::Unsettled`]).
+    Release,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum StepStatus {
@@ -312,6 +325,17 @@ impl SagaRecord {
             && newer.state >= self.state
             && newer.steps.len() == self.steps.len()
             && self.steps.iter().zip(&newer.steps).all(|(old, new)| new.status >= old.status && new.action == old.action)
+    }
+
+    /// Whether step `step` posts its leg held. Every leg but the last is held: until the
+    /// saga has posted, a leg may still have to be compensated, so what it brought into
+    /// an account must not be spent and the account must not be closed. Once the last
+    /// leg posts, the saga cannot turn back (every earlier step posted, the reference is
+    /// claimed), so the last leg is final at once.
+    pub fn holds(&self, step: usize) -> bool {
+        let last_leg = self.leg_steps().map(|(i, _)| i).last();
+        self.steps.get(step).is_some_and(|s| matches!(s.action, StepAction::Post { .. } | StepAction::Mirror { .. }))
+            && Some(step) != last_leg
     }
 
     /// The leg steps (those that post entries), in step order.

@@ -114,6 +114,8 @@ fn account_state(row: &PgRow) -> Result<AccountState, StoreError> {
         balance_minor: row.try_get("balance_minor")?,
         debits_minor: row.try_get("debits_minor")?,
         credits_minor: row.try_get("credits_minor")?,
+        unsettled_debits_minor: row.try_get("unsettled_debits_minor")?,
+        unsettled_credits_minor: row.try_get("unsettled_credits_minor")?,
         version: row.try_get("version")?,
         last_entry_id: row.try_get("last_entry_id")?,
         attributes_digest: attributes_digest(account_type, currency, allow_negative, &metadata),
@@ -123,7 +125,8 @@ fn account_state(row: &PgRow) -> Result<AccountState, StoreError> {
 pub async fn load_accounts(conn: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<Vec<AccountState>, StoreError> {
     let rows = sqlx::query(
         "select a.account_id, a.tenant_id, a.account_type, a.currency_code, a.status, a.allow_negative, a.metadata,
-                b.balance_minor, b.debits_minor, b.credits_minor, b.version, b.last_entry_id
+                b.balance_minor, b.debits_minor, b.credits_minor, b.unsettled_debits_minor, b.unsettled_credits_minor,
+                b.version, b.last_entry_id
          from ledger_account a join account_balance b on b.account_id = a.account_id
          where a.account_id = any($1)",
     )
@@ -231,9 +234,10 @@ fn entry_command(row: &PgRow) -> Result<EntryCommand, StoreError> {
 
 pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, OriginalTx>, StoreError> {
     let rows = sqlx::query(
-        "select t.ledger_tx_id, t.tenant_id, t.tx_type, t.business_ref, r.reversal_ledger_tx_id
+        "select t.ledger_tx_id, t.tenant_id, t.tx_type, t.business_ref, r.reversal_ledger_tx_id, h.saga_id is not null
          from ledger_transaction t
          left join ledger_reversal r on r.tenant_id = t.tenant_id and r.reversed_ledger_tx_id = t.ledger_tx_id
+         left join ledger_saga_hold h on h.saga_id = t.ledger_tx_id
          where t.ledger_tx_id = any($1)",
     )
     .bind(ids)
@@ -252,6 +256,7 @@ pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Has
                 entries: Vec::new(),
                 seqs: Vec::new(),
                 reversed_by: row.try_get(4)?,
+                held: row.try_get(5)?,
             },
         );
     }
@@ -304,6 +309,7 @@ pub async fn write_batch(
     let x = &writes.external_refs;
     let r = &writes.reversals;
     let g = &writes.sagas;
+    let h = &writes.holds_opened;
     let states: Vec<&AccountState> = writes
         .touched_accounts
         .iter()
@@ -397,6 +403,14 @@ pub async fn write_batch(
         .bind(g.iter().map(|s| s.reversed_by).collect::<Vec<_>>())
         .bind(g.iter().map(|s| s.created_at).collect::<Vec<_>>())
         .bind(g.iter().map(|s| s.updated_at).collect::<Vec<_>>())
+        // held saga legs, and their unsettled amounts on the balances
+        .bind(states.iter().map(|s| s.unsettled_debits_minor).collect::<Vec<_>>())
+        .bind(states.iter().map(|s| s.unsettled_credits_minor).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.saga_id).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.step).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(&writes.holds_settled)
         .execute(&mut *conn)
         .await;
     match result {
@@ -576,7 +590,9 @@ pub async fn account_object(
     let row = sqlx::query(
         "select a.account_id, a.tenant_id, a.account_code, a.account_type, a.currency_code, a.status, a.allow_negative,
                 a.metadata, a.created_at, a.closed_at,
-                b.balance_minor, b.debits_minor, b.credits_minor, b.version, b.updated_at
+                b.balance_minor, b.debits_minor, b.credits_minor, b.version, b.updated_at,
+                case when a.account_type in ('ASSET', 'EXPENSE') then b.unsettled_debits_minor
+                     else b.unsettled_credits_minor end as held_minor
          from ledger_account a join account_balance b on b.account_id = a.account_id
          where a.account_id = $1 and a.tenant_id = $2",
     )
@@ -600,6 +616,7 @@ pub async fn account_object(
             balance_minor: row.try_get("balance_minor")?,
             debits_minor: row.try_get("debits_minor")?,
             credits_minor: row.try_get("credits_minor")?,
+            held_minor: row.try_get("held_minor")?,
             version: row.try_get("version")?,
             updated_at: row.try_get("updated_at")?,
         },
@@ -827,7 +844,7 @@ pub async fn account_facts(
 /// What this shard's database proves about itself (`ledger.v1.admin.audit`). Full scans:
 /// an operator's check, not a hot path.
 pub async fn audit(conn: &mut PgConnection, shard_id: u16) -> Result<ledger_protocol::internal::ShardAudit, StoreError> {
-    use ledger_protocol::internal::{ClearingTotal, CurrencyTotals, SagaInFlight, ShardAudit};
+    use ledger_protocol::internal::{ClearingTotal, CurrencyTotals, HeldLeg, SagaInFlight, ShardAudit};
     let accounts: i64 = sqlx::query_scalar("select count(*) from ledger_account").fetch_one(&mut *conn).await?;
     let transactions: i64 = sqlx::query_scalar("select count(*) from ledger_transaction").fetch_one(&mut *conn).await?;
     let projection_drift: Vec<Uuid> = sqlx::query_scalar(
@@ -882,6 +899,23 @@ pub async fn audit(conn: &mut PgConnection, shard_id: u16) -> Result<ledger_prot
     )
     .fetch_all(&mut *conn)
     .await?;
+    let unsettled_drift: Vec<Uuid> = sqlx::query_scalar(
+        "select b.account_id
+         from account_balance b
+         left join (select e.account_id,
+                           sum(e.amount_minor) filter (where e.entry_side = 'DEBIT') as debits,
+                           sum(e.amount_minor) filter (where e.entry_side = 'CREDIT') as credits
+                    from ledger_saga_hold h join ledger_entry e on e.ledger_tx_id = h.saga_id
+                    group by e.account_id) u on u.account_id = b.account_id
+         where b.unsettled_debits_minor <> coalesce(u.debits, 0) or b.unsettled_credits_minor <> coalesce(u.credits, 0)
+         order by b.account_id limit 100",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let held_legs: Vec<(Uuid, Uuid, i32, DateTime<Utc>)> =
+        sqlx::query_as("select saga_id, tenant_id, step, created_at from ledger_saga_hold order by created_at limit 100")
+            .fetch_all(&mut *conn)
+            .await?;
     let sagas: Vec<(Uuid, Uuid, String, DateTime<Utc>)> = sqlx::query_as(
         "select saga_id, tenant_id, state, updated_at from ledger_saga
          where state in ('RUNNING', 'COMPENSATING') order by updated_at limit 100",
@@ -903,5 +937,10 @@ pub async fn audit(conn: &mut PgConnection, shard_id: u16) -> Result<ledger_prot
             .into_iter()
             .map(|(saga_id, tenant_id, state, updated_at)| SagaInFlight { saga_id, tenant_id, state, updated_at })
             .collect(),
+        held_legs: held_legs
+            .into_iter()
+            .map(|(saga_id, tenant_id, step, created_at)| HeldLeg { saga_id, tenant_id, step, created_at })
+            .collect(),
+        unsettled_drift,
     })
 }

@@ -248,6 +248,20 @@ pub struct ShardAudit {
     /// Balance of the clearing accounts per tenant and currency.
     pub clearing: Vec<ClearingTotal>,
     pub sagas_in_flight: Vec<SagaInFlight>,
+    /// Saga legs posted held on this shard and not settled yet (a saga in flight has some).
+    #[serde(default)]
+    pub held_legs: Vec<HeldLeg>,
+    /// Accounts whose unsettled amounts differ from the entries of their held legs.
+    #[serde(default)]
+    pub unsettled_drift: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldLeg {
+    pub saga_id: Uuid,
+    pub tenant_id: Uuid,
+    pub step: i32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

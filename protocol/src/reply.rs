@@ -12,6 +12,9 @@ pub struct BalanceObject {
     pub balance_minor: i64,
     pub debits_minor: i64,
     pub credits_minor: i64,
+    /// The part of `balance_minor` that a cross-shard transaction still in flight brought
+    /// in: not spendable until that transaction settles (docs/PROTOCOL-NOTES.md).
+    pub held_minor: i64,
     pub version: i64,
     #[serde(with = "crate::time_format")]
     pub updated_at: DateTime<Utc>,

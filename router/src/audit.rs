@@ -1,7 +1,8 @@
 //! `ledger.v1.admin.audit`: every shard's own proof (projection drift, unbalanced
-//! transactions, clearing balances, sagas in flight) and the checks that only the whole
-//! cluster can make (debits = credits per currency; clearing accounts summing to zero
-//! per tenant and currency once no saga is in flight).
+//! transactions, clearing balances, sagas in flight, held saga legs and their unsettled
+//! amounts) and the checks that only the whole cluster can make (debits = credits per
+//! currency; clearing accounts summing to zero per tenant and currency, and no saga leg
+//! still held, once no saga is in flight).
 
 use ledger_protocol::internal::ShardAudit;
 use serde_json::{Value, json};
@@ -23,6 +24,7 @@ pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
         }
     }
     let sagas_in_flight: usize = shards.iter().map(|s| s.sagas_in_flight.len()).sum();
+    let held_legs: usize = shards.iter().map(|s| s.held_legs.len()).sum();
     let currencies: Vec<Value> = totals
         .iter()
         .map(|(currency, (debits, credits))| {
@@ -37,10 +39,15 @@ pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
         .collect();
     // while a saga is in flight its clearing entries may be half posted
     let clearing_settled = clearing_nonzero.is_empty() || sagas_in_flight > 0;
+    // a held leg settles before its saga's log says it ended
+    let holds_settled = held_legs == 0 || sagas_in_flight > 0;
     let ok = unreachable.is_empty()
-        && shards.iter().all(|s| s.projection_drift.is_empty() && s.unbalanced_transactions.is_empty())
+        && shards.iter().all(|s| {
+            s.projection_drift.is_empty() && s.unbalanced_transactions.is_empty() && s.unsettled_drift.is_empty()
+        })
         && totals.values().all(|(d, c)| d == c)
-        && clearing_settled;
+        && clearing_settled
+        && holds_settled;
     json!({
         "ok": ok,
         "shards": shards,
@@ -50,6 +57,8 @@ pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
             "sagas_in_flight": sagas_in_flight,
             "clearing_nonzero": clearing_nonzero,
             "clearing_settled": clearing_settled,
+            "held_legs": held_legs,
+            "holds_settled": holds_settled,
         },
     })
 }
@@ -57,7 +66,7 @@ pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ledger_protocol::internal::{ClearingTotal, CurrencyTotals, SagaInFlight};
+    use ledger_protocol::internal::{ClearingTotal, CurrencyTotals, HeldLeg, SagaInFlight};
 
     fn shard(id: u16, debits: i128, credits: i128, clearing: i64) -> ShardAudit {
         ShardAudit {
@@ -93,5 +102,23 @@ mod tests {
         let mut drifting = shard(0, 1, 1, 0);
         drifting.projection_drift.push(Uuid::nil());
         assert_eq!(summarize(&[drifting], &[])["ok"], false);
+        let mut unsettled_drift = shard(0, 1, 1, 0);
+        unsettled_drift.unsettled_drift.push(Uuid::nil());
+        assert_eq!(summarize(&[unsettled_drift], &[])["ok"], false);
+    }
+
+    #[test]
+    fn a_held_leg_is_expected_only_while_a_saga_is_in_flight() {
+        let mut held = shard(0, 1, 1, 0);
+        held.held_legs.push(HeldLeg { saga_id: Uuid::nil(), tenant_id: Uuid::nil(), step: 0, created_at: chrono::Utc::now() });
+        let report = summarize(std::slice::from_ref(&held), &[]);
+        assert_eq!((report["ok"].clone(), report["cluster"]["held_legs"].clone()), (json!(false), json!(1)));
+        held.sagas_in_flight.push(SagaInFlight {
+            saga_id: Uuid::nil(),
+            tenant_id: Uuid::nil(),
+            state: "RUNNING".into(),
+            updated_at: chrono::Utc::now(),
+        });
+        assert_eq!(summarize(&[held], &[])["ok"], true);
     }
 }

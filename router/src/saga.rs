@@ -12,8 +12,8 @@ use ledger_core::command::{
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::ShardId;
 use ledger_core::saga::{
-    LegHeader, NextAction, SagaKind, SagaRecord, SagaState, SagaStep, StepAction, StepResult, StepStatus, clearing_account_id,
-    plan_legs,
+    LegHeader, NextAction, SagaKind, SagaRecord, SagaState, SagaStep, StepAction, StepPhase, StepResult, StepStatus,
+    clearing_account_id, plan_legs,
 };
 use ledger_protocol::internal::{AccountFacts, ClaimAnswer, ShardReply, ShardRequest};
 use serde_json::{Value, json};
@@ -275,7 +275,7 @@ impl Router {
             match action {
                 NextAction::Do(step) => {
                     record.count_attempt(step);
-                    match self.send_step(&record, step, false).await {
+                    match self.send_step(&record, step, StepPhase::Forward).await {
                         StepAnswer::Done(reply) => {
                             if let Some(reply) = reply {
                                 leg_replies.insert(step, reply);
@@ -293,13 +293,15 @@ impl Router {
                 }
                 NextAction::Undo(step) => {
                     record.count_attempt(step);
-                    match self.send_step(&record, step, true).await {
+                    match self.send_step(&record, step, StepPhase::Undo).await {
                         StepAnswer::Done(reply) => {
                             let compensation = reply.as_ref().and_then(|r| r["ledger_tx_id"].as_str()?.parse().ok());
                             record.record_undo(step, compensation, Utc::now());
                         }
-                        // a compensation refused (funds spent meanwhile, account closed) is
-                        // tried again until it posts: money is never left stranded
+                        // Only an unheld leg's compensation can be refused (funds spent, an
+                        // account closed), and only a last leg is unheld, which is never
+                        // undone; logs from before holds existed may still have one. It is
+                        // tried again until it posts: money is never left stranded.
                         StepAnswer::Refused { body, .. } => {
                             warn!(saga_id = %record.saga_id, step, %body, "compensation refused; will retry");
                             pause_or_give_up(deadline, ShardReply::with_status(503, &unavailable_body(&body))).await?;
@@ -317,7 +319,7 @@ impl Router {
                         if leg_replies.contains_key(&step) {
                             continue;
                         }
-                        match self.send_step(&record, step, false).await {
+                        match self.send_step(&record, step, StepPhase::Forward).await {
                             StepAnswer::Done(Some(reply)) => {
                                 leg_replies.insert(step, reply);
                             }
@@ -330,7 +332,10 @@ impl Router {
                     if leg_replies.len() < record.leg_steps().count() {
                         continue;
                     }
-                    if let Err(reply) = self.settle_reference(&record, true).await {
+                    // The saga cannot turn back any more: settle its held legs and its
+                    // reference, together, before the log says it posted.
+                    let (reference, releases) = futures::join!(self.settle_reference(&record, true), self.release_holds(&record));
+                    if let Err(reply) = reference.and(releases) {
                         pause_or_give_up(deadline, reply).await?;
                         continue;
                     }
@@ -371,15 +376,32 @@ impl Router {
         }
     }
 
-    async fn send_step(&self, record: &SagaRecord, step: usize, undo: bool) -> StepAnswer {
+    /// Releases every held leg of a saga that posted, concurrently.
+    async fn release_holds(&self, record: &SagaRecord) -> Result<(), ShardReply> {
+        let held: Vec<usize> = record.leg_steps().map(|(step, _)| step).filter(|step| record.holds(*step)).collect();
+        let answers = futures::future::join_all(held.iter().map(|step| self.send_step(record, *step, StepPhase::Release))).await;
+        for answer in answers {
+            match answer {
+                StepAnswer::Done(_) => {}
+                StepAnswer::Unknown(reply) => return Err(reply),
+                StepAnswer::Refused { body, .. } => {
+                    return Err(ShardReply::internal(&format!("a held saga leg could not be released: {body}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_step(&self, record: &SagaRecord, step: usize, phase: StepPhase) -> StepAnswer {
         let target = &record.steps[step];
         #[cfg(all(feature = "fault-injection", debug_assertions))]
-        crate::faults::before_step(step, undo).await;
+        crate::faults::before_step(step, phase).await;
         let command = SagaStepCommand {
             tenant_id: record.tenant_id,
             saga_id: record.saga_id,
             step,
-            undo,
+            phase,
+            hold: phase == StepPhase::Forward && record.holds(step),
             action: target.action.clone(),
             header: record.header.clone(),
         };

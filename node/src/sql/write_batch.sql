@@ -1,6 +1,7 @@
 -- One batch of postings in ONE statement (one round trip, its own transaction unless the
 -- caller opened one): the watermark guard, journal, entries, idempotency records,
--- external references, reversals, balances, outbox and saga logs. Empty arrays insert nothing.
+-- external references, reversals, balances, outbox, saga logs and saga holds. Empty
+-- arrays insert nothing.
 -- Every data-modifying CTE runs exactly once; if the guard fails, the final select
 -- raises and the whole statement rolls back. With $62 (optimistic) the batch was planned
 -- as if all its keys were new: any key already recorded makes the statement raise too.
@@ -46,9 +47,10 @@ with guard as (
 ), balances as (
     update account_balance b
     set balance_minor = u.balance, debits_minor = u.debits, credits_minor = u.credits, version = u.version,
-        last_entry_id = u.last_entry, updated_at = coalesce($47, now())
-    from unnest($41::uuid[], $42::int8[], $43::int8[], $44::int8[], $45::int8[], $46::uuid[])
-         as u(id, balance, debits, credits, version, last_entry)
+        last_entry_id = u.last_entry, unsettled_debits_minor = u.unsettled_debits,
+        unsettled_credits_minor = u.unsettled_credits, updated_at = coalesce($47, now())
+    from unnest($41::uuid[], $42::int8[], $43::int8[], $44::int8[], $45::int8[], $46::uuid[], $80::int8[], $81::int8[])
+         as u(id, balance, debits, credits, version, last_entry, unsettled_debits, unsettled_credits)
     where b.account_id = u.id
 ), outbox as (
     insert into ledger_outbox (outbox_id, tenant_id, aggregate_type, aggregate_id, event_type, payload, created_at, event_seq)
@@ -73,6 +75,13 @@ with guard as (
     on conflict (saga_id) do update
        set state = excluded.state, steps = excluded.steps, failure = excluded.failure, reply = excluded.reply,
            reversed_by_saga_id = excluded.reversed_by_saga_id, updated_at = excluded.updated_at
+), holds_opened as (
+    -- saga legs posted held (migration 0007)
+    insert into ledger_saga_hold (saga_id, tenant_id, step, created_at)
+    select * from unnest($82::uuid[], $83::uuid[], $84::int4[], $85::timestamptz[])
+), holds_settled as (
+    -- held legs released or compensated
+    delete from ledger_saga_hold where saga_id = any($86::uuid[])
 )
 select ledger_require_watermark((select count(*) from guard)),
        ledger_require_new_keys($62, (select count(*) from keys), $63)

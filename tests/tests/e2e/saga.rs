@@ -5,7 +5,7 @@
 use ledger_core::command::Command;
 use ledger_core::ids::{IdSource, RandomIds, is_saga_id};
 use ledger_core::money::Side;
-use ledger_core::saga::{LegEntry, LegHeader, StepAction};
+use ledger_core::saga::{LegEntry, LegHeader, StepAction, StepPhase};
 use ledger_protocol::internal::{ShardReply, ShardRequest};
 use ledger_tests::{Cluster, transfer_body};
 use serde_json::{Value, json};
@@ -242,7 +242,8 @@ async fn a_step_delivered_twice_posts_once() {
         tenant_id: cluster.tenant,
         saga_id,
         step: 0,
-        undo: false,
+        phase: StepPhase::Forward,
+        hold: false,
         action: StepAction::Post { entries: vec![LegEntry { seq: 1, entry }] },
         header: LegHeader {
             tx_type: "TRANSFER".into(),
