@@ -1009,9 +1009,7 @@ impl<I: IdSource> Planner<'_, I> {
                 Some(Outcome::Completed)
             }
             Some(KeyOutcome::Posted { ledger_tx_id }) => Some(Outcome::Replay { ledger_tx_id: *ledger_tx_id }),
-            Some(KeyOutcome::Rejected { status, body }) => {
-                Some(Outcome::ReplayRejection { status: *status, body: body.clone() })
-            }
+            Some(KeyOutcome::Rejected { status, body }) => Some(Outcome::ReplayRejection { status: *status, body: body.clone() }),
             _ => None,
         }
     }
@@ -1828,7 +1826,15 @@ mod tests {
         }
 
         fn phase_step(saga_id: Uuid, step: usize, phase: StepPhase, hold: bool, action: StepAction) -> Command {
-            Command::SagaStep(Box::new(SagaStepCommand { tenant_id: TENANT, saga_id, step, phase, hold, action, header: header() }))
+            Command::SagaStep(Box::new(SagaStepCommand {
+                tenant_id: TENANT,
+                saga_id,
+                step,
+                phase,
+                hold,
+                action,
+                header: header(),
+            }))
         }
 
         fn step(saga_id: Uuid, step: usize, undo: bool, action: StepAction) -> Command {
@@ -1980,7 +1986,12 @@ mod tests {
             shard.run(&[step(saga_id, 0, false, StepAction::Post { entries: vec![leg("alice", Side::Debit, 10, 1)] })]);
             let clearing = clearing_account_id(TENANT, 3, Currency::parse("IDR").unwrap());
             let entries = vec![
-                EntryCommand { account_id: clearing, side: Side::Debit, amount_minor: 5, currency: Currency::parse("IDR").unwrap() },
+                EntryCommand {
+                    account_id: clearing,
+                    side: Side::Debit,
+                    amount_minor: 5,
+                    currency: Currency::parse("IDR").unwrap(),
+                },
                 EntryCommand {
                     account_id: crate::ids::account_id(TENANT, "alice"),
                     side: Side::Credit,

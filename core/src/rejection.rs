@@ -11,27 +11,69 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
-    Invalid { field: String, message: String },
-    UnknownCurrency { field: String, currency: String },
-    Unbalanced { currency: String, debits_minor: i128, credits_minor: i128 },
-    CurrencyMismatch { account_id: Uuid, account_currency: String, entry_currency: String },
-    DuplicateAccount { account_id: Uuid },
-    Forbidden { message: String },
-    AccountNotFound { account_id: Option<Uuid> },
+    Invalid {
+        field: String,
+        message: String,
+    },
+    UnknownCurrency {
+        field: String,
+        currency: String,
+    },
+    Unbalanced {
+        currency: String,
+        debits_minor: i128,
+        credits_minor: i128,
+    },
+    CurrencyMismatch {
+        account_id: Uuid,
+        account_currency: String,
+        entry_currency: String,
+    },
+    DuplicateAccount {
+        account_id: Uuid,
+    },
+    Forbidden {
+        message: String,
+    },
+    AccountNotFound {
+        account_id: Option<Uuid>,
+    },
     TransactionNotFound,
-    AccountExists { account_id: Uuid },
+    AccountExists {
+        account_id: Uuid,
+    },
     IdempotencyConflict,
-    DuplicateExternalRef { ledger_tx_id: Uuid },
-    AlreadyReversed { reversal_tx_id: Uuid },
+    DuplicateExternalRef {
+        ledger_tx_id: Uuid,
+    },
+    AlreadyReversed {
+        reversal_tx_id: Uuid,
+    },
     InProgress,
-    TooLarge { limit_bytes: usize },
+    TooLarge {
+        limit_bytes: usize,
+    },
     /// `held_minor`: the part of the balance that unsettled saga legs brought in.
-    InsufficientFunds { account_id: Uuid, balance_minor: i64, held_minor: i64, required_minor: i64 },
-    AccountFrozen { account_id: Uuid },
-    AccountClosed { account_id: Uuid },
-    AccountBalanceNonzero { account_id: Uuid, balance_minor: i64 },
+    InsufficientFunds {
+        account_id: Uuid,
+        balance_minor: i64,
+        held_minor: i64,
+        required_minor: i64,
+    },
+    AccountFrozen {
+        account_id: Uuid,
+    },
+    AccountClosed {
+        account_id: Uuid,
+    },
+    AccountBalanceNonzero {
+        account_id: Uuid,
+        balance_minor: i64,
+    },
     /// Closing an account that a cross-shard transaction still in flight touched.
-    AccountSettling { account_id: Uuid },
+    AccountSettling {
+        account_id: Uuid,
+    },
 }
 
 impl Rejection {
@@ -42,7 +84,9 @@ impl Rejection {
     /// A client asked to post to or change a clearing account, which is the ledger's own.
     pub fn clearing_account(account_id: Uuid) -> Rejection {
         Rejection::Forbidden {
-            message: format!("account {account_id} is a clearing account, kept by the ledger itself for cross-shard transactions"),
+            message: format!(
+                "account {account_id} is a clearing account, kept by the ledger itself for cross-shard transactions"
+            ),
         }
     }
 
@@ -200,7 +244,10 @@ mod tests {
     #[test]
     fn only_business_409_and_422_are_stored_under_the_key() {
         let id = Uuid::nil();
-        assert!(Rejection::InsufficientFunds { account_id: id, balance_minor: 0, held_minor: 0, required_minor: 1 }.is_stored_under_key());
+        assert!(
+            Rejection::InsufficientFunds { account_id: id, balance_minor: 0, held_minor: 0, required_minor: 1 }
+                .is_stored_under_key()
+        );
         assert!(Rejection::DuplicateExternalRef { ledger_tx_id: id }.is_stored_under_key());
         assert!(Rejection::AlreadyReversed { reversal_tx_id: id }.is_stored_under_key());
         assert!(Rejection::AccountFrozen { account_id: id }.is_stored_under_key());

@@ -424,16 +424,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 
 fn print_audit(audit: &Value) {
     let empty = Vec::new();
-    println!("{:>5}  {:>10}  {:>12}  {:>6}  {:>10}  {:>6}", "shard", "accounts", "transactions", "drift", "unbalanced", "sagas");
+    let count = |shard: &Value, list: &str| shard[list].as_array().map_or(0, Vec::len);
+    println!(
+        "{:>5}  {:>10}  {:>12}  {:>6}  {:>10}  {:>6}  {:>9}",
+        "shard", "accounts", "transactions", "drift", "unbalanced", "sagas", "held legs"
+    );
     for shard in audit["shards"].as_array().unwrap_or(&empty) {
         println!(
-            "{:>5}  {:>10}  {:>12}  {:>6}  {:>10}  {:>6}",
+            "{:>5}  {:>10}  {:>12}  {:>6}  {:>10}  {:>6}  {:>9}",
             shard["shard_id"].to_string(),
             shard["accounts"].to_string(),
             shard["transactions"].to_string(),
-            shard["projection_drift"].as_array().map_or(0, Vec::len),
-            shard["unbalanced_transactions"].as_array().map_or(0, Vec::len),
-            shard["sagas_in_flight"].as_array().map_or(0, Vec::len),
+            count(shard, "projection_drift") + count(shard, "unsettled_drift"),
+            count(shard, "unbalanced_transactions"),
+            count(shard, "sagas_in_flight"),
+            count(shard, "held_legs"),
         );
     }
     for unreachable in audit["unreachable_shards"].as_array().unwrap_or(&empty) {
@@ -450,6 +455,9 @@ fn print_audit(audit: &Value) {
         );
     }
     println!("sagas in flight: {}", cluster["sagas_in_flight"]);
+    if cluster["holds_settled"] == false {
+        println!("saga legs still held with no saga in flight: {}", cluster["held_legs"]);
+    }
     for nonzero in cluster["clearing_nonzero"].as_array().unwrap_or(&empty) {
         println!(
             "clearing not settled: tenant {} {} sums to {}",

@@ -42,9 +42,9 @@ pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
     // a held leg settles before its saga's log says it ended
     let holds_settled = held_legs == 0 || sagas_in_flight > 0;
     let ok = unreachable.is_empty()
-        && shards.iter().all(|s| {
-            s.projection_drift.is_empty() && s.unbalanced_transactions.is_empty() && s.unsettled_drift.is_empty()
-        })
+        && shards
+            .iter()
+            .all(|s| s.projection_drift.is_empty() && s.unbalanced_transactions.is_empty() && s.unsettled_drift.is_empty())
         && totals.values().all(|(d, c)| d == c)
         && clearing_settled
         && holds_settled;

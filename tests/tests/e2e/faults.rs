@@ -120,24 +120,28 @@ fn start_load(work: &Workload, clients: usize, stop: Arc<AtomicBool>) -> Vec<tok
                             {"account_code": users[to], "side": "CREDIT", "amount_minor": first + second, "currency": "IDR"},
                         ]})
                     };
+                    let shard = |user: usize| user / USERS_PER_SHARD;
                     let body = if n % 10 == 1 {
                         // doomed: the first debiting leg posts (users are listed shard by shard),
-                        // the second is refused, so the first is compensated
+                        // the second is refused, so the first is compensated; every other
+                        // time the credit is on the first leg's shard, so that the leg
+                        // undone brought money in (held, so it cannot have been spent)
                         let other = (from + USERS_PER_SHARD) % users.len();
-                        let to = (from + 2 * USERS_PER_SHARD) % users.len();
+                        let to = if n % 20 == 1 {
+                            shard(from) * USERS_PER_SHARD + (from + 1) % USERS_PER_SHARD
+                        } else {
+                            (from + 2 * USERS_PER_SHARD) % users.len()
+                        };
                         three(from, other, to, 1, FUNDING * 50)
                     } else if n % 4 == 0 {
-                        // two debiting legs, sometimes refused, and the credit on a third
-                        // shard. (Not a debit and a credit on one shard: undoing such a
-                        // leg after the credited account spent the money waits until the
-                        // account has it again — see docs/FAILURE-MODES.md, known gaps.)
-                        let shard = |user: usize| user / USERS_PER_SHARD;
+                        // two debiting legs on two shards, sometimes refused, and the credit
+                        // anywhere (often on a debiting leg's shard)
                         let mut other = random.next(users.len());
                         while shard(other) == shard(from) {
                             other = random.next(users.len());
                         }
                         let mut to = random.next(users.len());
-                        while shard(to) == shard(from) || shard(to) == shard(other) {
+                        while to == from || to == other {
                             to = random.next(users.len());
                         }
                         three(from, other, to, amount, amount * 2)
@@ -361,6 +365,81 @@ async fn the_saga_coordinator_killed_between_legs_is_resumed_to_the_end() {
     record.push(("between-legs".into(), body, Final::Done(reply)));
     // the load mostly waited for the stuck coordinator: few of its requests finished
     verify(&work, record, 1).await;
+}
+
+/// The gap holds close: the first leg of a saga brings money into an account, the account
+/// spends all it can while the coordinator is stuck before the next leg, and that leg is
+/// then refused. The first leg is compensated all the same, because the money it brought
+/// in was never spendable.
+#[tokio::test]
+async fn a_leg_whose_account_spent_all_it_could_meanwhile_is_still_compensated() {
+    let work = setup(ProcCluster::start(BINARY, SHARDS, false).await).await;
+    let cluster = &work.cluster;
+    // users are listed shard by shard: the first three live on shard 0
+    let (payer, payee, neighbour) = (&work.users[0], &work.users[1], &work.users[2]);
+    let closed = codes_on(cluster, 1, "closed", 1).remove(0);
+    let create = json!({"code": closed, "type": "LIABILITY", "currency": "IDR", "allow_negative": false});
+    assert!(matches!(submit(cluster, "accounts.create", &create, Duration::from_secs(30)).await, Final::Done(_)));
+    let close = json!({"account_code": closed, "status": "CLOSED", "actor": "ops"});
+    assert!(matches!(submit(cluster, "accounts.set_status", &close, Duration::from_secs(30)).await, Final::Done(_)));
+
+    cluster.kill_router(0);
+    let marker = cluster.logs.join("hanging");
+    let marker_path = marker.to_string_lossy().into_owned();
+    let hooked =
+        cluster.start_router(&[("LEDGER_FAULT_HANG_BEFORE_STEP", "1"), ("LEDGER_FAULT_MARKER", marker_path.as_str())]).await;
+    // leg 0 on shard 0: payer -700, payee +300; leg 1 on shard 1: +400 to a closed account
+    let body = json!({"idempotency_key": "spent-meanwhile", "type": "TRANSFER", "actor": "test", "entries": [
+        {"account_code": payer, "side": "DEBIT", "amount_minor": 700, "currency": "IDR"},
+        {"account_code": payee, "side": "CREDIT", "amount_minor": 300, "currency": "IDR"},
+        {"account_code": closed, "side": "CREDIT", "amount_minor": 400, "currency": "IDR"},
+    ]});
+    assert!(cluster.call("transactions.post", &body, Duration::from_millis(1500)).await.is_none());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the coordinator never reached the hook");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the payee has the 300 in his balance, held: he can spend his own money, not that
+    let Final::Done(account) = submit(cluster, "accounts.get", &json!({"account_code": payee}), CLIENT_TIMEOUT * 5).await else {
+        panic!("payee unreadable")
+    };
+    assert_eq!(account["balance"]["balance_minor"], FUNDING + 300, "{account}");
+    assert_eq!(account["balance"]["held_minor"], 300, "{account}");
+    let all = transfer_body("spend-all", payee, neighbour, FUNDING + 300, "IDR");
+    let refused = submit(cluster, "transactions.post", &all, Duration::from_secs(30)).await;
+    assert_eq!(refused, Final::Refused("INSUFFICIENT_FUNDS".into()));
+    let own = transfer_body("spend-own", payee, neighbour, FUNDING, "IDR");
+    let spent = submit(cluster, "transactions.post", &own, Duration::from_secs(30)).await;
+    assert!(matches!(spent, Final::Done(_)), "{spent:?}");
+
+    // a new coordinator resumes the saga: leg 1 is refused, leg 0 compensated
+    cluster.kill_router(hooked);
+    let router = cluster.start_router(&[]).await;
+    let outcome = submit(cluster, "transactions.post", &body, Duration::from_secs(40)).await;
+    assert_eq!(outcome, Final::Refused("ACCOUNT_CLOSED".into()));
+    assert_eq!(saga_of(cluster, "spent-meanwhile").await["state"], "COMPENSATED");
+    let balance = |code: &String| {
+        let read = json!({"account_code": code});
+        async move {
+            match submit(cluster, "accounts.get", &read, Duration::from_secs(20)).await {
+                Final::Done(account) => (account["balance"]["balance_minor"].as_i64(), account["balance"]["held_minor"].as_i64()),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(balance(payer).await, (Some(FUNDING), Some(0)));
+    assert_eq!(balance(payee).await, (Some(0), Some(0)), "he spent his own, the held 300 went back");
+    assert_eq!(balance(neighbour).await, (Some(2 * FUNDING), Some(0)));
+    let _ = router;
+    let record = vec![
+        ("spent-meanwhile".to_owned(), body, outcome),
+        ("spend-all".to_owned(), all, refused),
+        ("spend-own".to_owned(), own, spent),
+        // the proof wants a saga that posted, too
+        ("crossing".to_owned(), transfer_body("crossing", neighbour, &work.users[3], 5, "IDR"), Final::Unknown),
+    ];
+    verify(&work, record, 2).await;
 }
 
 /// The saga log of a key, read from its home shard's database.

@@ -228,22 +228,28 @@ async fn to_shard(cluster: &Cluster, shard: u16, request: &ShardRequest) -> Shar
     serde_json::from_slice(&reply.payload).unwrap()
 }
 
-#[tokio::test]
-async fn a_step_delivered_twice_posts_once() {
-    let Setup { cluster, alice, .. } = setup().await;
-    let saga_id = RandomIds::default().saga_id(chrono::Utc::now(), 0);
+/// A saga step as a coordinator sends it: one entry of `code` plus the clearing entry.
+fn step_command(
+    cluster: &Cluster,
+    saga_id: uuid::Uuid,
+    phase: StepPhase,
+    hold: bool,
+    code: &str,
+    side: Side,
+    amount_minor: i64,
+) -> Command {
     let entry = ledger_core::command::EntryCommand {
-        account_id: ledger_core::ids::account_id(cluster.tenant, &alice),
-        side: Side::Debit,
-        amount_minor: 10,
+        account_id: ledger_core::ids::account_id(cluster.tenant, code),
+        side,
+        amount_minor,
         currency: ledger_core::currency::Currency::parse("IDR").unwrap(),
     };
-    let step = Command::SagaStep(Box::new(ledger_core::command::SagaStepCommand {
+    Command::SagaStep(Box::new(ledger_core::command::SagaStepCommand {
         tenant_id: cluster.tenant,
         saga_id,
         step: 0,
-        phase: StepPhase::Forward,
-        hold: false,
+        phase,
+        hold,
         action: StepAction::Post { entries: vec![LegEntry { seq: 1, entry }] },
         header: LegHeader {
             tx_type: "TRANSFER".into(),
@@ -255,7 +261,60 @@ async fn a_step_delivered_twice_posts_once() {
             metadata: json!({}),
             entry_count: 2,
         },
-    }));
+    }))
+}
+
+async fn write_to_shard(cluster: &Cluster, shard: u16, command: Command) -> ShardReply {
+    to_shard(cluster, shard, &ShardRequest::Write { command: Box::new(command) }).await
+}
+
+#[tokio::test]
+async fn a_held_leg_cannot_be_spent_or_closed_and_is_undone_or_released_once() {
+    let Setup { cluster, bob, dave, .. } = setup().await;
+    let mut ids = RandomIds::default();
+    // two held legs, as every leg but a saga's last is posted: 300 into bob (who has
+    // nothing else), all of dave's 50 out of dave
+    let into_bob = ids.saga_id(chrono::Utc::now(), 0);
+    let bob_leg = |phase| step_command(&cluster, into_bob, phase, true, &bob, Side::Credit, 300);
+    assert_eq!(write_to_shard(&cluster, 2, bob_leg(StepPhase::Forward)).await.status, 200);
+    let out_of_dave = ids.saga_id(chrono::Utc::now(), 0);
+    let dave_leg = |phase| step_command(&cluster, out_of_dave, phase, true, &dave, Side::Debit, 50);
+    assert_eq!(write_to_shard(&cluster, 3, dave_leg(StepPhase::Forward)).await.status, 200);
+
+    let account = cluster.call("accounts.get", json!({"account_code": bob})).await.ok();
+    assert_eq!((account["balance"]["balance_minor"].as_i64(), account["balance"]["held_minor"].as_i64()), (Some(300), Some(300)));
+    let sink = cluster.codes_on(2, "sink", 1).remove(0);
+    cluster.create_account(&sink, "LIABILITY", "IDR", false).await;
+    let error = cluster.transfer("spend", &bob, &sink, 1, "IDR").await.err("INSUFFICIENT_FUNDS", 422);
+    assert_eq!(error["details"]["held_minor"], 300, "{error}");
+    let close = json!({"account_code": dave, "status": "CLOSED", "actor": "ops"});
+    cluster.call("accounts.set_status", close.clone()).await.err("IN_PROGRESS", 409);
+    let audit = cluster.audit().await;
+    assert_eq!((audit["ok"].clone(), audit["cluster"]["held_legs"].clone()), (json!(false), json!(2)), "{audit:#}");
+
+    // bob's leg is undone (its saga turned back), dave's released (its saga posted); twice each
+    for _ in 0..2 {
+        assert_eq!(write_to_shard(&cluster, 2, bob_leg(StepPhase::Undo)).await.status, 200);
+        assert_eq!(write_to_shard(&cluster, 3, dave_leg(StepPhase::Release)).await.status, 200);
+    }
+    let account = cluster.call("accounts.get", json!({"account_code": bob})).await.ok();
+    assert_eq!((account["balance"]["balance_minor"].as_i64(), account["balance"]["held_minor"].as_i64()), (Some(0), Some(0)));
+    assert_eq!(cluster.balance(&dave).await, 0);
+    cluster.call("accounts.set_status", close).await.ok();
+    let types: Vec<Value> = cluster.statement(&bob).await.iter().map(|e| e["tx_type"].clone()).collect();
+    assert_eq!(types, [json!("TRANSFER"), json!("SAGA_COMPENSATION")], "undone once");
+    let audit = cluster.audit().await;
+    assert_eq!(audit["cluster"]["held_legs"], 0);
+    // the clearing accounts do not net to zero: these legs belong to no saga
+    assert!(audit["shards"].as_array().unwrap().iter().all(|s| s["unsettled_drift"].as_array().unwrap().is_empty()));
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn a_step_delivered_twice_posts_once() {
+    let Setup { cluster, alice, .. } = setup().await;
+    let saga_id = RandomIds::default().saga_id(chrono::Utc::now(), 0);
+    let step = step_command(&cluster, saga_id, StepPhase::Forward, false, &alice, Side::Debit, 10);
     // twice in one message (one batch), then once more on its own
     let twice = ShardRequest::WriteBatch { commands: vec![step.clone(), step.clone()] };
     let batch = to_shard(&cluster, 1, &twice).await;
