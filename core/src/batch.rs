@@ -11,7 +11,8 @@
 use crate::account::{AccountState, AccountStatus, EntryEffect, Unsettled};
 use crate::command::{
     BeginSagaCommand, ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand,
-    EntryCommand, ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SagaStepCommand, SetStatusCommand,
+    EntryCommand, ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SagaProgressCommand, SagaStepCommand,
+    SetStatusCommand,
 };
 use crate::currency::Currency;
 use crate::ids::IdSource;
@@ -357,7 +358,7 @@ pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Comman
             Command::ClaimRef(c) => planner.claim_ref(c),
             Command::CompleteRef(c) => planner.complete_ref(c),
             Command::BeginSaga(c) => planner.begin_saga(c),
-            Command::SagaProgress(c) => planner.saga_progress(&c.record),
+            Command::SagaProgress(c) => planner.saga_progress(c),
             Command::SagaStep(c) => planner.saga_step(c),
         })
         .collect();
@@ -844,7 +845,8 @@ impl<I: IdSource> Planner<'_, I> {
     /// Stores a coordinator's progress if it moves the saga forward; a terminal saga also
     /// completes its key: a posted saga replays, a refusal is stored or frees the key as
     /// the same refusal of a single-shard request would.
-    fn saga_progress(&mut self, newer: &SagaRecord) -> Outcome {
+    fn saga_progress(&mut self, command: &SagaProgressCommand) -> Outcome {
+        let newer = &command.record;
         let Some(stored) = self.snapshot.sagas.get(&newer.saga_id).filter(|s| s.tenant_id == newer.tenant_id) else {
             return Outcome::Rejected(Rejection::TransactionNotFound);
         };
@@ -852,6 +854,11 @@ impl<I: IdSource> Planner<'_, I> {
             return Outcome::Saga(Box::new(stored.clone()));
         }
         let record = SagaRecord { reversed_by: stored.reversed_by, updated_at: self.now(), ..newer.clone() };
+        if let Some(release) = command.home_release()
+            && let refused @ Outcome::Rejected(_) = self.release_step(&release)
+        {
+            return refused;
+        }
         let (tenant_id, key, fingerprint) = (record.tenant_id, record.idempotency_key.clone(), record.fingerprint.clone());
         let owns_key = matches!(
             self.snapshot.keys.get(&(tenant_id, key.clone())),
@@ -2118,6 +2125,30 @@ mod tests {
             assert_eq!(code_of(&again[0]), "REPLAY_REJECTION");
             let elsewhere = BeginSagaCommand { record: draft("elsewhere", "f"), run_first_step: true };
             assert!(matches!(shard.run(&[Command::BeginSaga(Box::new(elsewhere))])[0], Outcome::SagaBegun(_)));
+        }
+
+        #[test]
+        fn a_saga_that_posted_releases_its_home_leg_with_the_log() {
+            let mut shard = funded_shard();
+            let mut record = draft("home-leg", "f");
+            record.steps = vec![
+                SagaStep::new(3, StepAction::Post { entries: vec![leg("alice", Side::Debit, 300, 1)] }),
+                SagaStep::new(1, StepAction::Post { entries: vec![] }),
+            ];
+            let begin = BeginSagaCommand { record: record.clone(), run_first_step: true };
+            let outcome = shard.run(&[Command::BeginSaga(Box::new(begin))]).remove(0);
+            let Outcome::SagaBegunWithFirstStep(opened, _) = outcome else { panic!("{outcome:?}") };
+            assert!(account(&shard, "alice").is_settling(), "the first of two legs is held");
+            let mut done = (*opened).clone();
+            done.record_step(0, crate::saga::StepResult::Posted, at(5));
+            done.record_step(1, crate::saga::StepResult::Posted, at(5));
+            done.finish(json!({}), at(5));
+            let command = SagaProgressCommand { record: done };
+            assert_eq!(command.home_release().map(|r| r.step), Some(0));
+            let saved = shard.run(&[Command::SagaProgress(Box::new(command))]);
+            assert!(matches!(saved[0], Outcome::SagaSaved { .. }), "{saved:?}");
+            assert_eq!(shard.writes_of_last_run.holds_settled, vec![opened.saga_id]);
+            assert!(!shard.snapshot.accounts.values().any(AccountState::is_settling));
         }
 
         fn draft(key: &str, fingerprint: &str) -> SagaRecord {

@@ -180,6 +180,28 @@ pub struct SagaProgressCommand {
     pub record: SagaRecord,
 }
 
+impl SagaProgressCommand {
+    /// A saga that posted releases its held leg on its home shard (if it has one there) in
+    /// the same batch that writes `POSTED`: one round trip fewer than a separate release.
+    pub fn home_release(&self) -> Option<SagaStepCommand> {
+        let record = &self.record;
+        if record.state != crate::saga::SagaState::Posted {
+            return None;
+        }
+        let home = crate::ids::shard_of_ledger_id(record.saga_id)?;
+        let step = (0..record.steps.len()).find(|step| record.holds(*step) && record.steps[*step].shard == home)?;
+        Some(SagaStepCommand {
+            tenant_id: record.tenant_id,
+            saga_id: record.saga_id,
+            step,
+            phase: StepPhase::Release,
+            hold: false,
+            action: record.steps[step].action.clone(),
+            header: record.header.clone(),
+        })
+    }
+}
+
 /// One step of a saga (its forward run, its undo, or the release of its hold), executed
 /// on the step's shard, idempotent by (saga id, step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +300,7 @@ impl Command {
         match self {
             Command::Reverse(r) => Some(r.ledger_tx_id),
             Command::SagaStep(step) => step.reads_transaction(),
+            Command::SagaProgress(progress) => progress.home_release().map(|release| release.saga_id),
             _ => None,
         }
     }
@@ -299,15 +322,19 @@ impl Command {
         }
     }
 
-    /// Every idempotency record the command reads: its key, or a saga step's records.
+    /// Every idempotency record the command reads: its key, or a saga step's records (a
+    /// saga's progress also reads the step it releases on its home shard).
     pub fn keys_read(&self) -> impl Iterator<Item = String> + '_ {
-        let (first, undo) = match self {
+        let (first, second) = match self {
             Command::SagaStep(c) => {
                 (Some(c.forward_key()), (c.phase == StepPhase::Undo).then(|| crate::saga::undo_key(c.saga_id, c.step)))
             }
+            Command::SagaProgress(c) => {
+                (Some(c.record.idempotency_key.clone()), c.home_release().map(|release| release.forward_key()))
+            }
             other => (other.idempotency_key().map(str::to_owned), None),
         };
-        first.into_iter().chain(undo)
+        first.into_iter().chain(second)
     }
 
     /// Saga logs the command reads.

@@ -376,9 +376,16 @@ impl Router {
         }
     }
 
-    /// Releases every held leg of a saga that posted, concurrently.
+    /// Releases every held leg of a saga that posted, concurrently; the one on the saga's
+    /// home shard is released by the write of `POSTED` itself
+    /// (`SagaProgressCommand::home_release`).
     async fn release_holds(&self, record: &SagaRecord) -> Result<(), ShardReply> {
-        let held: Vec<usize> = record.leg_steps().map(|(step, _)| step).filter(|step| record.holds(*step)).collect();
+        let home = ledger_core::ids::shard_of_ledger_id(record.saga_id);
+        let held: Vec<usize> = record
+            .leg_steps()
+            .filter(|(step, leg)| record.holds(*step) && Some(leg.shard) != home)
+            .map(|(step, _)| step)
+            .collect();
         let answers = futures::future::join_all(held.iter().map(|step| self.send_step(record, *step, StepPhase::Release))).await;
         for answer in answers {
             match answer {
