@@ -918,6 +918,9 @@ impl<I: IdSource> Planner<'_, I> {
                         };
                         return refused(self, mismatch);
                     }
+                    if self.is_clearing(account) {
+                        return refused(self, Rejection::clearing_account(e.entry.account_id));
+                    }
                 }
                 let client_entries: Vec<EntryCommand> = entries.iter().map(|e| e.entry.clone()).collect();
                 let mut effects = match self.effects(tenant_id, &client_entries, true, unsettled) {
@@ -2017,6 +2020,17 @@ mod tests {
                 reason_code: None,
             });
             assert_eq!(code_of(&shard.run(&[close])[0]), "FORBIDDEN");
+            let into_clearing = LegEntry {
+                seq: 1,
+                entry: EntryCommand {
+                    account_id: clearing,
+                    side: Side::Credit,
+                    amount_minor: 5,
+                    currency: Currency::parse("IDR").unwrap(),
+                },
+            };
+            let leg = step(SequentialIds(911).saga_id(at(0), 1), 0, false, StepAction::Post { entries: vec![into_clearing] });
+            assert_eq!(code_of(&shard.run(&[leg])[0]), "FORBIDDEN", "not through a saga leg either");
         }
 
         #[derive(Debug, Clone)]

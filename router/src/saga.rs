@@ -57,6 +57,10 @@ impl Router {
                     entry_currency: entry.currency.to_string(),
                 });
             }
+            let shard = self.ring.shard_for_account(entry.account_id);
+            if entry.account_id == clearing_account_id(command.tenant_id, shard, entry.currency) {
+                return rejected(Rejection::clearing_account(entry.account_id));
+            }
         }
         let legs = plan_legs(&command.entries, |id| self.ring.shard_for_account(id), |e| is_outgoing(&facts, e));
         let steps = legs.into_iter().map(|(shard, entries)| SagaStep::new(shard, StepAction::Post { entries })).collect();
