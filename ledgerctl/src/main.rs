@@ -218,6 +218,10 @@ fn print_account(a: &Value) {
         money(b["credits_minor"].as_i64().unwrap_or(0), &currency),
         b["version"]
     );
+    let held = b["held_minor"].as_i64().unwrap_or(0);
+    if held != 0 {
+        println!("  of which held until a cross-shard transaction settles: {}", money(held, &currency));
+    }
 }
 
 fn print_entries(entries: &Value) {
