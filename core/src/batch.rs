@@ -10,9 +10,9 @@
 
 use crate::account::{AccountState, AccountStatus, EntryEffect, Unsettled};
 use crate::command::{
-    BeginSagaCommand, ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, CreateAccountCommand,
-    EntryCommand, ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand, SagaProgressCommand, SagaStepCommand,
-    SetStatusCommand,
+    AbandonKeyCommand, BeginSagaCommand, ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand,
+    CreateAccountCommand, EntryCommand, ExternalRef, KeyCompletion, PostCommand, RefCompletion, ReverseCommand,
+    SagaProgressCommand, SagaStepCommand, SetStatusCommand,
 };
 use crate::currency::Currency;
 use crate::ids::IdSource;
@@ -267,6 +267,8 @@ pub struct RefClaimRow {
     pub tenant_id: Uuid,
     pub external_ref: ExternalRef,
     pub owner_key: String,
+    /// The claiming request's fingerprint, written with a new claim.
+    pub owner_fingerprint: Option<String>,
     pub ledger_tx_id: Option<Uuid>,
     pub released: bool,
 }
@@ -360,6 +362,7 @@ pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Comman
             Command::BeginSaga(c) => planner.begin_saga(c),
             Command::SagaProgress(c) => planner.saga_progress(c),
             Command::SagaStep(c) => planner.saga_step(c),
+            Command::AbandonKey(c) => planner.abandon_key(c),
         })
         .collect();
     let mut writes = planner.writes;
@@ -607,6 +610,7 @@ impl<I: IdSource> Planner<'_, I> {
         if !self.snapshot.ref_claims.contains_key(&id) {
             let claim = RefClaim { owner_key: key.clone(), ledger_tx_id: None };
             self.write_ref_claim(tenant_id, external_ref, &claim, false);
+            self.writes.ref_claims.last_mut().expect("just written").owner_fingerprint = Some(command.fingerprint.clone());
             self.snapshot.ref_claims.insert(id, claim);
         }
         Outcome::RefClaimed
@@ -637,9 +641,24 @@ impl<I: IdSource> Planner<'_, I> {
             tenant_id,
             external_ref: external_ref.clone(),
             owner_key: claim.owner_key.clone(),
+            owner_fingerprint: None,
             ledger_tx_id: claim.ledger_tx_id,
             released,
         });
+    }
+
+    /// The outcome of an abandoned request's key on the shard that decides it; a key not
+    /// decided here is refused for good, so that a late copy of the request cannot post.
+    fn abandon_key(&mut self, command: &AbandonKeyCommand) -> Outcome {
+        let (tenant_id, key, fingerprint) = (command.tenant_id, &command.idempotency_key, &command.fingerprint);
+        match self.snapshot.keys.get(&(tenant_id, key.clone())).map(|r| &r.outcome) {
+            Some(KeyOutcome::Posted { ledger_tx_id }) => Outcome::Replay { ledger_tx_id: *ledger_tx_id },
+            Some(KeyOutcome::Rejected { status, body }) => Outcome::ReplayRejection { status: *status, body: body.clone() },
+            // claimed here for a request decided elsewhere, or held by a running saga: not
+            // this shard's to settle
+            Some(KeyOutcome::Processing { .. } | KeyOutcome::SagaRunning { .. }) => Outcome::Rejected(Rejection::InProgress),
+            None | Some(KeyOutcome::Retryable) => self.refuse(tenant_id, key, fingerprint, Rejection::RequestAbandoned),
+        }
     }
 
     /// Refuses a keyed command, remembering the refusal under the key when the protocol
@@ -1453,7 +1472,12 @@ mod tests {
     }
 
     fn claim_ref(reference: &str, key: &str) -> Command {
-        Command::ClaimRef(ClaimRefCommand { tenant_id: TENANT, external_ref: external(reference), idempotency_key: key.into() })
+        Command::ClaimRef(ClaimRefCommand {
+            tenant_id: TENANT,
+            external_ref: external(reference),
+            idempotency_key: key.into(),
+            fingerprint: format!("fp-{key}"),
+        })
     }
 
     fn complete_ref(reference: &str, key: &str, completion: RefCompletion) -> Command {
@@ -1532,6 +1556,34 @@ mod tests {
         let outcomes = shard.run(&[claim("pay", &fingerprint), other.clone(), payment.clone(), payment.clone()]);
         let codes: Vec<_> = outcomes.iter().map(code_of).collect();
         assert_eq!(codes, ["KEY_CLAIMED", "IDEMPOTENCY_CONFLICT", "POSTED", "REPLAY"]);
+    }
+
+    #[test]
+    fn an_abandoned_request_never_posts_and_a_decided_one_keeps_its_outcome() {
+        let mut shard = setup();
+        let abandon = |key: &str, fingerprint: &str| {
+            Command::AbandonKey(AbandonKeyCommand {
+                tenant_id: TENANT,
+                idempotency_key: key.into(),
+                fingerprint: fingerprint.into(),
+            })
+        };
+        let late = transfer("late", "credit", "alice", 10);
+        let posted = transfer("posted", "credit", "alice", 10);
+        let outcomes = shard.run(&[
+            posted.clone(),
+            abandon("late", &fingerprint_of(&late)),
+            late.clone(),
+            abandon("posted", &fingerprint_of(&posted)),
+            claim("claimed", "f"),
+            abandon("claimed", "f"),
+        ]);
+        let codes: Vec<_> = outcomes.iter().map(code_of).collect();
+        assert_eq!(codes, ["POSTED", "REQUEST_ABANDONED", "REPLAY_REJECTION", "REPLAY", "KEY_CLAIMED", "IN_PROGRESS"]);
+        let Outcome::ReplayRejection { body, .. } = &outcomes[2] else { unreachable!() };
+        assert_eq!(body["error"]["code"], "REQUEST_ABANDONED", "the late copy is refused, not posted");
+        assert_eq!(shard.balance("alice"), 10);
+        assert_eq!(code_of(&shard.run(&[abandon("late", &fingerprint_of(&late))])[0]), "REPLAY_REJECTION", "settled once");
     }
 
     #[test]

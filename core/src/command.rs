@@ -120,6 +120,22 @@ pub struct ClaimRefCommand {
     pub tenant_id: Uuid,
     pub external_ref: ExternalRef,
     pub idempotency_key: String,
+    /// The claiming request's fingerprint, kept with the claim so that the claim sweeper
+    /// can mark that very request abandoned.
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// Settles the key of a request whose claims were abandoned (its router died before it
+/// recorded the outcome): the outcome if the key was decided on this shard, otherwise
+/// the key is refused from now on with `REQUEST_ABANDONED`, so that a late copy of the
+/// request can never post. Sent by a router's claim sweeper to the shard that decides the
+/// request (`router/src/claims.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbandonKeyCommand {
+    pub tenant_id: Uuid,
+    pub idempotency_key: String,
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -262,6 +278,7 @@ pub enum Command {
     BeginSaga(Box<BeginSagaCommand>),
     SagaProgress(Box<SagaProgressCommand>),
     SagaStep(Box<SagaStepCommand>),
+    AbandonKey(AbandonKeyCommand),
 }
 
 impl Command {
@@ -278,6 +295,7 @@ impl Command {
             Command::BeginSaga(c) => c.record.tenant_id,
             Command::SagaProgress(c) => c.record.tenant_id,
             Command::SagaStep(c) => c.tenant_id,
+            Command::AbandonKey(c) => c.tenant_id,
         }
     }
 
@@ -314,6 +332,7 @@ impl Command {
             Command::CompleteKey(c) => Some(&c.idempotency_key),
             Command::BeginSaga(c) => Some(&c.record.idempotency_key),
             Command::SagaProgress(c) => Some(&c.record.idempotency_key),
+            Command::AbandonKey(c) => Some(&c.idempotency_key),
             Command::CreateAccount(_)
             | Command::SetStatus(_)
             | Command::ClaimRef(_)
@@ -354,7 +373,7 @@ impl Command {
     /// record a key that exists, and the batch is then planned again with the records.
     pub fn needs_key_records(&self) -> bool {
         match self {
-            Command::ClaimKey(_) | Command::CompleteKey(_) | Command::SagaProgress(_) => true,
+            Command::ClaimKey(_) | Command::CompleteKey(_) | Command::SagaProgress(_) | Command::AbandonKey(_) => true,
             Command::SagaStep(step) => step.phase != StepPhase::Forward,
             _ => false,
         }

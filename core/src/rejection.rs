@@ -50,6 +50,9 @@ pub enum Rejection {
         reversal_tx_id: Uuid,
     },
     InProgress,
+    /// The request with this key was interrupted before it was decided and its claims were
+    /// settled by the recovery loop: it never posted, and its key stays refused.
+    RequestAbandoned,
     TooLarge {
         limit_bytes: usize,
     },
@@ -105,6 +108,7 @@ impl Rejection {
             Rejection::DuplicateExternalRef { .. } => "DUPLICATE_EXTERNAL_REF",
             Rejection::AlreadyReversed { .. } => "ALREADY_REVERSED",
             Rejection::InProgress | Rejection::AccountSettling { .. } => "IN_PROGRESS",
+            Rejection::RequestAbandoned => "REQUEST_ABANDONED",
             Rejection::TooLarge { .. } => "TOO_LARGE",
             Rejection::InsufficientFunds { .. } => "INSUFFICIENT_FUNDS",
             Rejection::AccountFrozen { .. } => "ACCOUNT_FROZEN",
@@ -127,6 +131,7 @@ impl Rejection {
             | Rejection::DuplicateExternalRef { .. }
             | Rejection::AlreadyReversed { .. }
             | Rejection::InProgress
+            | Rejection::RequestAbandoned
             | Rejection::AccountSettling { .. } => 409,
             Rejection::TooLarge { .. } => 413,
             Rejection::InsufficientFunds { .. }
@@ -167,6 +172,9 @@ impl Rejection {
             Rejection::InProgress => {
                 "a request with this idempotency key or external reference is still being processed; retry later".into()
             }
+            Rejection::RequestAbandoned => "the request with this idempotency key was interrupted before it was decided and \
+                                             was abandoned: nothing was posted; send it again with a new key"
+                .into(),
             Rejection::TooLarge { limit_bytes } => format!("request body is larger than {limit_bytes} bytes"),
             Rejection::InsufficientFunds { balance_minor, held_minor: 0, required_minor, .. } => {
                 format!("balance {balance_minor} is less than the {required_minor} required")
@@ -226,6 +234,7 @@ impl Rejection {
             Rejection::Forbidden { .. }
             | Rejection::AccountNotFound { account_id: None }
             | Rejection::TransactionNotFound
+            | Rejection::RequestAbandoned
             | Rejection::IdempotencyConflict
             | Rejection::InProgress => json!({}),
         }

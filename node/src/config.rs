@@ -56,8 +56,13 @@ pub struct Limits {
     /// An unfinished saga whose log has not moved for this long is resumed by the
     /// recovery loop of any router (its coordinator is presumed dead).
     pub saga_resume_after_ms: u64,
-    /// How often each router looks for sagas to resume.
+    /// How often each router looks for sagas to resume and claims to settle.
     pub saga_recovery_interval_ms: u64,
+    /// A key or external-reference claim whose request has not been heard of for this long
+    /// is settled by the claim sweeper of any router: the request's outcome where it was
+    /// decided, or else `REQUEST_ABANDONED` (router/src/claims.rs). Must exceed
+    /// `request_timeout_ms`, so that no request a router still waits for is abandoned.
+    pub claim_abandon_after_ms: u64,
 }
 
 impl Default for Limits {
@@ -70,6 +75,7 @@ impl Default for Limits {
             router_in_flight_max: 4_096,
             saga_resume_after_ms: 10_000,
             saga_recovery_interval_ms: 1_000,
+            claim_abandon_after_ms: 600_000,
         }
     }
 }
@@ -141,10 +147,14 @@ impl ClusterConfig {
             ("limits.router_in_flight_max", limits.router_in_flight_max),
             ("limits.saga_resume_after_ms", limits.saga_resume_after_ms as usize),
             ("limits.saga_recovery_interval_ms", limits.saga_recovery_interval_ms as usize),
+            ("limits.claim_abandon_after_ms", limits.claim_abandon_after_ms as usize),
         ] {
             if value == 0 {
                 return fail(key, "must be greater than 0");
             }
+        }
+        if limits.claim_abandon_after_ms <= limits.request_timeout_ms {
+            return fail("limits.claim_abandon_after_ms", "must be greater than limits.request_timeout_ms");
         }
         if self.shards.is_empty() {
             return fail("shards", "at least one shard is needed");
@@ -244,6 +254,7 @@ shards = [0, 1]
             (GOOD.replace("nats://", "http://"), "cluster.nats_url"),
             (GOOD.replace("postgres://postgres@127.0.0.1/b", "mysql://x"), "shards[1].database_url"),
             (format!("{GOOD}\n[limits]\nbatch_commands_max = 0\n"), "limits.batch_commands_max"),
+            (format!("{GOOD}\n[limits]\nclaim_abandon_after_ms = 5000\n"), "limits.claim_abandon_after_ms"),
         ];
         for (text, key) in cases {
             let error = ClusterConfig::parse(&text, "t.toml").unwrap_err().to_string();

@@ -218,6 +218,16 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
                 Err(error) => store_failure(shard_id, error),
             }
         }
+        ShardRequest::StaleClaims { idle_ms, limit } => {
+            let stale = async {
+                let mut conn = runtime.pool.acquire().await?;
+                store::stale_claims(&mut conn, idle_ms as i64, limit as i64).await
+            };
+            match stale.await {
+                Ok(claims) => ShardReply::ok(&claims),
+                Err(error) => store_failure(shard_id, error),
+            }
+        }
         ShardRequest::GetLeg { tenant_id, ledger_tx_id } => {
             let leg = async {
                 let mut conn = runtime.pool.acquire().await?;
@@ -323,7 +333,10 @@ async fn write(runtime: &ShardRuntime, commands: Vec<Command>) -> Vec<ShardReply
     let mut asked = Vec::with_capacity(count);
     for command in commands {
         let (port, answer) = ractor::concurrency::oneshot();
-        asked.push((command.tenant_id(), matches!(command, Command::ClaimKey(_) | Command::BeginSaga(_))));
+        asked.push((
+            command.tenant_id(),
+            matches!(command, Command::ClaimKey(_) | Command::BeginSaga(_) | Command::AbandonKey(_)),
+        ));
         writes.push((command, port.into()));
         waits.push(answer);
     }

@@ -489,8 +489,9 @@ async fn write_ref_claims(conn: &mut PgConnection, writes: &Writes) -> Result<()
     let (released, kept): (Vec<_>, Vec<_>) = writes.ref_claims.iter().partition(|c| c.released);
     if !kept.is_empty() {
         sqlx::query(
-            "insert into ledger_external_ref_claim (tenant_id, external_ref_type, external_ref, idempotency_key, ledger_tx_id)
-             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[])
+            "insert into ledger_external_ref_claim (tenant_id, external_ref_type, external_ref, idempotency_key, ledger_tx_id,
+                    request_fingerprint)
+             select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::text[])
              on conflict (tenant_id, external_ref_type, external_ref) do update
                 set ledger_tx_id = excluded.ledger_tx_id, updated_at = now()
                 where ledger_external_ref_claim.idempotency_key = excluded.idempotency_key
@@ -501,6 +502,7 @@ async fn write_ref_claims(conn: &mut PgConnection, writes: &Writes) -> Result<()
         .bind(kept.iter().map(|c| c.external_ref.reference.as_str()).collect::<Vec<_>>())
         .bind(kept.iter().map(|c| c.owner_key.as_str()).collect::<Vec<_>>())
         .bind(kept.iter().map(|c| c.ledger_tx_id).collect::<Vec<_>>())
+        .bind(kept.iter().map(|c| c.owner_fingerprint.as_deref()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?;
     }
@@ -561,6 +563,56 @@ pub async fn load_sagas(conn: impl PgExecutor<'_>, ids: &[Uuid]) -> Result<HashM
     let sql = format!("select {SAGA_COLUMNS} from ledger_saga where saga_id = any($1)");
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(conn).await?;
     rows.iter().map(|row| saga_record(row).map(|s| (s.saga_id, s))).collect()
+}
+
+/// Claims on this home shard whose request has not been heard of for `idle_ms`, oldest
+/// first: keys claimed for requests decided on another shard, and pending references.
+pub async fn stale_claims(
+    conn: &mut PgConnection,
+    idle_ms: i64,
+    limit: i64,
+) -> Result<ledger_protocol::internal::StaleClaims, StoreError> {
+    use ledger_protocol::internal::{StaleClaims, StaleKeyClaim, StaleRefClaim};
+    let keys: Vec<(Uuid, String, String, i32)> = sqlx::query_as(
+        "select tenant_id, idempotency_key, request_fingerprint, target_shard from ledger_idempotency
+         where status = 'PROCESSING' and target_shard is not null
+           and updated_at < now() - make_interval(secs => $1 / 1000.0)
+         order by updated_at limit $2",
+    )
+    .bind(idle_ms as f64)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let refs: Vec<(Uuid, String, String, String, Option<String>)> = sqlx::query_as(
+        "select tenant_id, external_ref_type, external_ref, idempotency_key, request_fingerprint
+         from ledger_external_ref_claim
+         where ledger_tx_id is null and updated_at < now() - make_interval(secs => $1 / 1000.0)
+         order by updated_at limit $2",
+    )
+    .bind(idle_ms as f64)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(StaleClaims {
+        keys: keys
+            .into_iter()
+            .map(|(tenant_id, idempotency_key, fingerprint, target)| StaleKeyClaim {
+                tenant_id,
+                idempotency_key,
+                fingerprint,
+                target_shard: target as u16,
+            })
+            .collect(),
+        refs: refs
+            .into_iter()
+            .map(|(tenant_id, ref_type, reference, owner_key, owner_fingerprint)| StaleRefClaim {
+                tenant_id,
+                external_ref: ExternalRef { ref_type, reference },
+                owner_key,
+                owner_fingerprint,
+            })
+            .collect(),
+    })
 }
 
 pub async fn saga(conn: impl PgExecutor<'_>, tenant_id: Uuid, saga_id: Uuid) -> Result<Option<SagaRecord>, StoreError> {

@@ -52,6 +52,11 @@ pub enum ShardRequest {
         idle_ms: u64,
         limit: u32,
     },
+    /// Claims on this (home) shard whose request has not been heard of for `idle_ms`.
+    StaleClaims {
+        idle_ms: u64,
+        limit: u32,
+    },
     /// This shard's transaction object of a saga leg (entries of this shard only).
     GetLeg {
         tenant_id: Uuid,
@@ -230,6 +235,32 @@ impl ShardReply {
     pub fn body_value(&self) -> Value {
         serde_json::from_str(self.body.get()).unwrap_or(Value::Null)
     }
+}
+
+/// The answer to [`ShardRequest::StaleClaims`], oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StaleClaims {
+    pub keys: Vec<StaleKeyClaim>,
+    pub refs: Vec<StaleRefClaim>,
+}
+
+/// A key claimed on this shard for a request that `target_shard` decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaleKeyClaim {
+    pub tenant_id: Uuid,
+    pub idempotency_key: String,
+    pub fingerprint: String,
+    pub target_shard: u16,
+}
+
+/// An external reference claimed on this shard by the request with `owner_key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaleRefClaim {
+    pub tenant_id: Uuid,
+    pub external_ref: ExternalRef,
+    pub owner_key: String,
+    /// `None` for claims written before the fingerprint was kept.
+    pub owner_fingerprint: Option<String>,
 }
 
 /// One shard's part of `ledger.v1.admin.audit`: what its database proves about itself.

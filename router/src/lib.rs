@@ -10,6 +10,7 @@
 //! router also resumes sagas whose coordinator died.
 
 pub mod audit;
+mod claims;
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 pub mod faults;
 mod saga;
@@ -92,6 +93,8 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
     let mut tasks = Vec::new();
     let recovering = router.clone();
     tasks.push(tokio::spawn(async move { recovering.recover_sagas().await }));
+    let sweeping = router.clone();
+    tasks.push(tokio::spawn(async move { sweeping.recover_claims().await }));
     for endpoint in endpoints {
         let mut endpoint = endpoint.map_err(|e| anyhow::anyhow!("add endpoint: {e}"))?;
         let router = router.clone();
@@ -335,7 +338,12 @@ impl Router {
             }
         }
         if let Some((external_ref, home)) = &claims.reference {
-            let claim = ClaimRefCommand { tenant_id, external_ref: external_ref.clone(), idempotency_key: claims.key.clone() };
+            let claim = ClaimRefCommand {
+                tenant_id,
+                external_ref: external_ref.clone(),
+                idempotency_key: claims.key.clone(),
+                fingerprint: claims.fingerprint.clone(),
+            };
             let answer = self.link.write(*home, Command::ClaimRef(claim)).await;
             match answer.as_claim() {
                 Some(ClaimAnswer::Claimed) => {}

@@ -223,6 +223,7 @@ impl Router {
                 tenant_id: record.tenant_id,
                 external_ref: external_ref.clone(),
                 idempotency_key: record.idempotency_key.clone(),
+                fingerprint: record.fingerprint.clone(),
             };
             let answer = self.link.write(home, Command::ClaimRef(claim)).await;
             let refusal = match answer.as_claim() {

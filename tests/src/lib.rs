@@ -154,6 +154,11 @@ impl Cluster {
     }
 
     pub async fn start(shards: usize) -> Cluster {
+        Cluster::start_tuned(shards, |toml| toml).await
+    }
+
+    /// A cluster whose config text `tune` may change first (limits, for instance).
+    pub async fn start_tuned(shards: usize, tune: impl FnOnce(String) -> String) -> Cluster {
         let nats = NatsServer::start().await;
         let name = format!(
             "ledger_test_{}_{}_{}",
@@ -162,7 +167,7 @@ impl Cluster {
             &Uuid::new_v4().simple().to_string()[..8]
         );
         let urls: Vec<String> = (0..shards).map(|i| format!("{}/{name}_s{i}", pg_server_url())).collect();
-        let config = ClusterConfig::parse(&cluster_toml(&name, &nats.url, &urls), "test").expect("test config");
+        let config = ClusterConfig::parse(&tune(cluster_toml(&name, &nats.url, &urls)), "test").expect("test config");
         let faults: HashMap<u16, Arc<FaultHooks>> = (0..shards as u16).map(|id| (id, Arc::default())).collect();
         let client = async_nats::connect(&nats.url).await.expect("connect to the test nats-server");
         let mut cluster = Cluster { nats, client, tenant: Uuid::new_v4(), config, faults, node: None, router: None };

@@ -1,7 +1,10 @@
 //! PROTOCOL.md's promises across a 4-shard cluster: an idempotency key and an external
 //! reference are unique per tenant across the cluster, whatever shards the requests touch.
 
+use ledger_core::command::{ClaimKeyCommand, ClaimRefCommand, Command, ExternalRef};
 use ledger_core::ring::{HashRing, ShardId};
+use ledger_protocol::internal::ShardRequest;
+use ledger_protocol::request::PostRequest;
 use ledger_router::external_ref_home_key;
 use ledger_tests::{Cluster, transfer_body};
 use serde_json::json;
@@ -182,6 +185,123 @@ async fn a_reference_claimed_by_an_unfinished_request_answers_in_progress() {
     let posted = cluster.call("transactions.post", crashed).await.ok();
     let found = cluster.call("transactions.get", json!({"external_ref": {"type": "psp", "ref": reference}})).await.ok();
     assert_eq!(found["ledger_tx_id"], posted["ledger_tx_id"]);
+    cluster.finish().await;
+}
+
+/// A router that claimed a key (and a reference) on their home shards and died before the
+/// request was decided, and one that died after the post but before it recorded the
+/// outcome: the claim sweeper settles both. The first request is abandoned where it would
+/// have been decided, so that neither a retry nor a late copy of it can post; the second
+/// keeps its outcome; the reference is free again.
+#[tokio::test]
+async fn claims_of_requests_whose_router_died_are_settled_by_the_sweeper() {
+    let cluster = Cluster::start_tuned(4, |toml| {
+        toml.replace("request_timeout_ms = 5000", "request_timeout_ms = 1000\nclaim_abandon_after_ms = 1500")
+    })
+    .await;
+    let ring = cluster.config.ring();
+    let target: ShardId = 1;
+    let (from, to) = pair_on(&ring, cluster.tenant, target, "a");
+    for code in [&from, &to] {
+        cluster.create_account(code, "LIABILITY", "IDR", true).await;
+    }
+    let reference = (0..)
+        .map(|i| ExternalRef { ref_type: "psp".into(), reference: format!("lost-{i}") })
+        .find(|r| ring.shard_for_key(cluster.tenant, &external_ref_home_key(r)) != target)
+        .unwrap();
+    let reference_home = ring.shard_for_key(cluster.tenant, &external_ref_home_key(&reference));
+    let command_of = |body: &serde_json::Value| {
+        let request: PostRequest = ledger_protocol::request::parse(&serde_json::to_vec(body).unwrap()).unwrap();
+        request.into_command(cluster.tenant).unwrap()
+    };
+    let write = |shard: ShardId, command: Command| {
+        let request = ShardRequest::Write { command: Box::new(command) };
+        let client = cluster.client.clone();
+        async move {
+            let reply = client.request(ledger_protocol_subject(shard), serde_json::to_vec(&request).unwrap().into()).await;
+            serde_json::from_slice::<serde_json::Value>(&reply.expect("the shard answers").payload).unwrap()
+        }
+    };
+
+    // 1. claimed (key and reference), never posted
+    let lost_key = key_homed_away(&ring, cluster.tenant, &[target], "lost");
+    let lost_home = ring.shard_for_key(cluster.tenant, &lost_key);
+    let mut lost_body = transfer_body(&lost_key, &from, &to, 5, "IDR");
+    lost_body["external_ref"] = json!({"type": "psp", "ref": reference.reference});
+    let lost = command_of(&lost_body);
+    let claim = ClaimKeyCommand {
+        tenant_id: cluster.tenant,
+        idempotency_key: lost_key.clone(),
+        fingerprint: lost.fingerprint.clone(),
+        target_shard: target,
+    };
+    assert_eq!(write(lost_home, Command::ClaimKey(claim)).await["body"]["claim"], "claimed");
+    let claim = ClaimRefCommand {
+        tenant_id: cluster.tenant,
+        external_ref: reference.clone(),
+        idempotency_key: lost_key.clone(),
+        fingerprint: lost.fingerprint.clone(),
+    };
+    assert_eq!(write(reference_home, Command::ClaimRef(claim)).await["body"]["claim"], "claimed");
+    // 2. claimed and posted, the outcome never recorded at the key's home
+    let done_key = key_homed_away(&ring, cluster.tenant, &[target], "done");
+    let done_home = ring.shard_for_key(cluster.tenant, &done_key);
+    let done = command_of(&transfer_body(&done_key, &from, &to, 7, "IDR"));
+    let claim = ClaimKeyCommand {
+        tenant_id: cluster.tenant,
+        idempotency_key: done_key.clone(),
+        fingerprint: done.fingerprint.clone(),
+        target_shard: target,
+    };
+    assert_eq!(write(done_home, Command::ClaimKey(claim)).await["body"]["claim"], "claimed");
+    let posted = write(target, Command::Post(done.clone())).await;
+    assert_eq!(posted["status"], 200, "{posted}");
+
+    // the sweeper settles both once they are older than claim_abandon_after_ms
+    let key_status = |home: ShardId, key: String| {
+        let cluster = &cluster;
+        async move {
+            let db = cluster.db(home as usize).await;
+            let status: Option<String> =
+                sqlx::query_scalar("select status from ledger_idempotency where tenant_id = $1 and idempotency_key = $2")
+                    .bind(cluster.tenant)
+                    .bind(key)
+                    .fetch_optional(&db)
+                    .await
+                    .unwrap();
+            db.close().await;
+            status
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while key_status(lost_home, lost_key.clone()).await.as_deref() != Some("FAILED_FINAL")
+        || key_status(done_home, done_key.clone()).await.as_deref() != Some("SUCCEEDED")
+    {
+        assert!(std::time::Instant::now() < deadline, "the sweeper did not settle the claims");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let found = cluster.call("transactions.get", json!({"idempotency_key": done_key})).await.ok();
+    assert_eq!(found["ledger_tx_id"], posted["body"]["ledger_tx_id"]);
+
+    // the lost request is refused however it comes back, and posted nothing
+    let before = transactions_on(&cluster, target as usize).await;
+    cluster.call("transactions.post", lost_body.clone()).await.err("REQUEST_ABANDONED", 409);
+    let late = write(target, Command::Post(lost)).await;
+    assert_eq!(late["body"]["error"]["code"], "REQUEST_ABANDONED", "{late}");
+    assert_eq!(transactions_on(&cluster, target as usize).await, before);
+    // its reference is free for another request
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut other = transfer_body("other", &from, &to, 3, "IDR");
+    other["external_ref"] = json!({"type": "psp", "ref": reference.reference});
+    loop {
+        let reply = cluster.call("transactions.post", other.clone()).await;
+        if reply.is_ok() {
+            break;
+        }
+        assert_eq!(reply.code(), Some("IN_PROGRESS"), "only a wait for the sweeper is expected");
+        assert!(std::time::Instant::now() < deadline, "the reference stayed claimed");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     cluster.finish().await;
 }
 
