@@ -106,6 +106,9 @@ enum Cmd {
     /// Check the ledger: projection drift, unbalanced transactions, debits = credits per
     /// currency, clearing accounts, sagas in flight. Exits 2 when the audit is not ok.
     Audit,
+    /// Repair: recompute every shard's balance projection from its journal, rewriting the
+    /// rows that drifted (run `audit` first to see which). Exits 2 if a shard could not.
+    RebuildBalances,
     /// Send any request: `ledgerctl raw accounts.get '{"account_code":"x"}'` (admin: `admin.topology`).
     Raw { operation: String, body: String },
 }
@@ -375,6 +378,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 print_audit(&audit);
             }
             return Ok(if audit["ok"] == true { 0 } else { 2 });
+        }
+        Cmd::RebuildBalances => {
+            let patient = Client { timeout: client.timeout.max(Duration::from_secs(120)), ..client };
+            let reply = patient.call("admin.rebuild_balances", &json!({})).await?;
+            let Ok(rebuilt) = reply else { bail!("the rebuild was refused") };
+            if cli.json {
+                println!("{rebuilt}");
+            } else {
+                let empty = Vec::new();
+                for shard in rebuilt["shards"].as_array().unwrap_or(&empty) {
+                    println!("shard {}: {} balance rows rewritten", shard["shard_id"], shard["corrected_count"]);
+                }
+                for unreachable in rebuilt["unreachable_shards"].as_array().unwrap_or(&empty) {
+                    println!("shard {} not rebuilt: {}", unreachable["shard_id"], unreachable["error"]);
+                }
+            }
+            return Ok(if rebuilt["ok"] == true { 0 } else { 2 });
         }
         Cmd::Raw { operation, body } => {
             let body: Value = serde_json::from_str(&body).context("the body must be JSON")?;

@@ -239,6 +239,20 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
                 Err(error) => store_failure(shard_id, error),
             }
         }
+        ShardRequest::RebuildBalances => {
+            let Some(writer) = runtime.writers.writer() else {
+                return ShardReply::unavailable(&format!("shard {shard_id} writer is restarting; retry"));
+            };
+            match ractor::call!(writer, ShardMsg::RebuildBalances) {
+                Ok(Ok(corrected)) => ShardReply::ok(&ledger_protocol::internal::RebuiltBalances {
+                    shard_id,
+                    corrected_count: corrected.len() as i64,
+                    corrected: corrected.into_iter().take(100).collect(),
+                }),
+                Ok(Err(WriteFailure::Unavailable(message))) => ShardReply::unavailable(&message),
+                Err(error) => ShardReply::unavailable(&format!("shard {shard_id} writer did not answer: {error}")),
+            }
+        }
         ShardRequest::Audit => {
             let audit = async {
                 let mut conn = runtime.pool.acquire().await?;

@@ -48,6 +48,9 @@ pub enum ShardMsg {
     /// Writes that arrived together: they enter the pending batch together.
     Write(Vec<(Command, RpcReplyPort<WriteResult>)>),
     Flush,
+    /// Recompute the balance projection from the journal (an operator's repair), between
+    /// two batches; answers with the ids of the rows it rewrote.
+    RebuildBalances(RpcReplyPort<Result<Vec<Uuid>, WriteFailure>>),
 }
 
 /// Test-only switches that make rare failures happen on demand.
@@ -141,6 +144,13 @@ impl Actor for ShardActor {
                     myself.cast(ShardMsg::Flush)?;
                 }
             }
+            ShardMsg::RebuildBalances(reply) => {
+                let result = state.rebuild_balances().await;
+                if let Err(error) = &result {
+                    warn!(shard_id = state.shard_id, %error, "rebuilding the balances failed");
+                }
+                let _ = reply.send(result.map_err(|e| WriteFailure::Unavailable(e.to_string())));
+            }
             ShardMsg::Flush => {
                 if state.faults.crash_writer.swap(false, Ordering::SeqCst) {
                     return Err(format!("shard {} writer: injected crash", state.shard_id).into());
@@ -182,6 +192,29 @@ impl ShardState {
                 self.recover().await
             }
         }
+    }
+
+    /// Rewrites the balance rows that differ from the journal, in one transaction that
+    /// also checks this writer still owns the shard, then forgets the cached states (the
+    /// next batches read the rebuilt rows).
+    async fn rebuild_balances(&mut self) -> Result<Vec<Uuid>, StoreError> {
+        if self.writer.is_none() {
+            let (conn, watermark) =
+                open_writer(self.shard_id, &self.database_url).await.map_err(|e| StoreError::WriterDown(e.to_string()))?;
+            self.writer = Some(conn);
+            self.watermark = watermark;
+        }
+        let conn = self.writer.as_mut().expect("opened above");
+        let mut tx = conn.begin().await?;
+        let owned: i64 = sqlx::query_scalar("select last_commit_seq from ledger_shard for update").fetch_one(&mut *tx).await?;
+        if owned != self.watermark.last_commit_seq {
+            return Err(StoreError::Fenced);
+        }
+        let corrected = store::rebuild_balances(&mut tx).await?;
+        tx.commit().await?;
+        self.cache.clear();
+        info!(shard_id = self.shard_id, corrected = corrected.len(), "balances rebuilt from the journal");
+        Ok(corrected)
     }
 
     /// After a failed batch nothing in memory may be trusted to match the database.

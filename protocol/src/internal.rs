@@ -63,6 +63,18 @@ pub enum ShardRequest {
         ledger_tx_id: Uuid,
     },
     Audit,
+    /// Recompute the balance projection from the journal, through the shard's writer.
+    RebuildBalances,
+}
+
+/// One shard's answer to [`ShardRequest::RebuildBalances`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebuiltBalances {
+    pub shard_id: u16,
+    /// How many balance rows differed from their entries (or held legs) and were rewritten.
+    pub corrected_count: i64,
+    /// The first 100 of them.
+    pub corrected: Vec<Uuid>,
 }
 
 /// Answers to claims and completions (the body of a 200 [`ShardReply`]). Refusals

@@ -18,7 +18,7 @@ pub const TENANT_OPERATIONS: &[&str] = &[
     "transactions.reverse",
 ];
 
-pub const ADMIN_OPERATIONS: &[&str] = &["topology", "audit"];
+pub const ADMIN_OPERATIONS: &[&str] = &["topology", "audit", "rebuild_balances"];
 
 pub fn tenant_subject(tenant_id: Uuid, operation: &str) -> String {
     format!("ledger.v1.{}.{operation}", tenant_id.hyphenated())

@@ -222,6 +222,10 @@ impl Router {
                 parse::<EmptyRequest>(payload)?;
                 Ok(self.audit().await)
             }
+            "rebuild_balances" => {
+                parse::<EmptyRequest>(payload)?;
+                Ok(self.rebuild_balances().await)
+            }
             _ => Err(Rejection::invalid("subject", format!("unknown operator operation {operation}"))),
         }
     }
@@ -243,6 +247,28 @@ impl Router {
             }
         }
         ShardReply::ok(&audit::summarize(&parts, &unreachable))
+    }
+
+    /// Every shard recomputes its balance projection from its journal (through its writer).
+    async fn rebuild_balances(&self) -> ShardReply {
+        let rebuilds = self.ring.shards().iter().map(|shard| async move {
+            (*shard, send(&self.link.client, AUDIT_TIMEOUT, *shard, &ShardRequest::RebuildBalances).await)
+        });
+        let mut shards = Vec::new();
+        let mut unreachable = Vec::new();
+        for (shard, reply) in futures::future::join_all(rebuilds).await {
+            match serde_json::from_str::<ledger_protocol::internal::RebuiltBalances>(reply.body.get()) {
+                Ok(part) if reply.status == 200 => shards.push(part),
+                _ => unreachable.push(serde_json::json!({"shard_id": shard, "error": reply.body_value()})),
+            }
+        }
+        let corrected: i64 = shards.iter().map(|s| s.corrected_count).sum();
+        ShardReply::ok(&serde_json::json!({
+            "ok": unreachable.is_empty(),
+            "corrected_count": corrected,
+            "shards": shards,
+            "unreachable_shards": unreachable,
+        }))
     }
 
     pub fn topology(&self) -> serde_json::Value {

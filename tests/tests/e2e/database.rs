@@ -137,3 +137,49 @@ async fn balances_rebuilt_from_entries_equal_the_projection() {
     }
     cluster.finish().await;
 }
+
+/// The seed's "balance drift" recovery: a balance row changed behind the ledger's back is
+/// found by the audit and rewritten from the journal by `admin.rebuild_balances`, and the
+/// ledger goes on from the true balance.
+#[tokio::test]
+async fn a_drifted_balance_is_found_by_the_audit_and_rebuilt_from_the_journal() {
+    let cluster = Cluster::foundation().await;
+    cluster.create_account("cash", "ASSET", "USD", true).await;
+    cluster.create_account("wallet", "LIABILITY", "USD", false).await;
+    cluster.transfer("fund", "cash", "wallet", 1_000, "USD").await.ok();
+    let wallet = ledger_core::ids::account_id(cluster.tenant, "wallet");
+    let shard = cluster.config.ring().shard_for_account(wallet) as usize;
+    let db = cluster.db(shard).await;
+    sqlx::query("update account_balance set balance_minor = balance_minor + 500, version = version + 1 where account_id = $1")
+        .bind(wallet)
+        .execute(&db)
+        .await
+        .unwrap();
+    let audit = cluster.audit().await;
+    assert_eq!(audit["ok"], false);
+    let drifting: Vec<serde_json::Value> =
+        audit["shards"].as_array().unwrap().iter().flat_map(|s| s["projection_drift"].as_array().unwrap().clone()).collect();
+    assert_eq!(drifting, [serde_json::json!(wallet)]);
+
+    let rebuilt = cluster.raw("ledger.v1.admin.rebuild_balances", b"{}".to_vec()).await.ok();
+    assert_eq!((rebuilt["ok"].clone(), rebuilt["corrected_count"].clone()), (serde_json::json!(true), serde_json::json!(1)));
+    let shards = rebuilt["shards"].as_array().unwrap();
+    assert!(shards.iter().any(|s| s["corrected"] == serde_json::json!([wallet])), "{rebuilt}");
+    let (balance, version): (i64, i64) =
+        sqlx::query_as("select balance_minor, version from account_balance where account_id = $1")
+            .bind(wallet)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!((balance, version), (1_000, 1));
+    assert_eq!(cluster.audit().await["ok"], true);
+    // the writer reads the rebuilt row: the next entry continues from the true balance
+    let spent = cluster.transfer("spend", "wallet", "cash", 1_000, "USD").await.ok();
+    let wallet_entry =
+        spent["entries"].as_array().unwrap().iter().find(|e| e["account_id"] == serde_json::json!(wallet)).unwrap().clone();
+    assert_eq!(wallet_entry["balance_after_minor"], 0);
+    let again = cluster.raw("ledger.v1.admin.rebuild_balances", b"{}".to_vec()).await.ok();
+    assert_eq!(again["corrected_count"], 0, "nothing left to rewrite");
+    db.close().await;
+    cluster.finish().await;
+}
