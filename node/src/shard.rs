@@ -146,10 +146,15 @@ impl Actor for ShardActor {
             }
             ShardMsg::RebuildBalances(reply) => {
                 let result = state.rebuild_balances().await;
+                let fenced = matches!(result, Err(StoreError::Fenced));
                 if let Err(error) = &result {
                     warn!(shard_id = state.shard_id, %error, "rebuilding the balances failed");
                 }
                 let _ = reply.send(result.map_err(|e| WriteFailure::Unavailable(e.to_string())));
+                if fenced {
+                    // someone else owns the shard: this writer must never write again
+                    return Err(format!("shard {} writer fenced off", state.shard_id).into());
+                }
             }
             ShardMsg::Flush => {
                 if state.faults.crash_writer.swap(false, Ordering::SeqCst) {
