@@ -841,16 +841,9 @@ impl<I: IdSource> Planner<'_, I> {
         }
         let now = self.now();
         let saga_id = self.ids.saga_id(now, self.input.shard_id);
-        let record = SagaRecord {
-            saga_id,
-            state: SagaState::Running,
-            failure: None,
-            reply: None,
-            reversed_by: None,
-            created_at: now,
-            updated_at: now,
-            ..draft.clone()
-        };
+        let fresh =
+            SagaRecord::draft(tenant_id, key, fingerprint, draft.kind.clone(), draft.header.clone(), draft.steps.clone(), now);
+        let record = SagaRecord { saga_id, ..fresh };
         self.record_key(tenant_id, key, fingerprint, KeyOutcome::SagaRunning { saga_id });
         self.snapshot.sagas.insert(saga_id, record.clone());
         self.writes.sagas.push(record.clone());

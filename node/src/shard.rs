@@ -203,16 +203,11 @@ impl ShardState {
     /// also checks this writer still owns the shard, then forgets the cached states (the
     /// next batches read the rebuilt rows).
     async fn rebuild_balances(&mut self) -> Result<Vec<Uuid>, StoreError> {
-        if self.writer.is_none() {
-            let (conn, watermark) =
-                open_writer(self.shard_id, &self.database_url).await.map_err(|e| StoreError::WriterDown(e.to_string()))?;
-            self.writer = Some(conn);
-            self.watermark = watermark;
-        }
-        let conn = self.writer.as_mut().expect("opened above");
-        let mut tx = conn.begin().await?;
+        self.ensure_open().await?;
+        let owner = self.watermark.last_commit_seq;
+        let mut tx = self.writer.as_mut().expect("opened above").begin().await?;
         let owned: i64 = sqlx::query_scalar("select last_commit_seq from ledger_shard for update").fetch_one(&mut *tx).await?;
-        if owned != self.watermark.last_commit_seq {
+        if owned != owner {
             return Err(StoreError::Fenced);
         }
         let corrected = store::rebuild_balances(&mut tx).await?;
@@ -264,13 +259,19 @@ impl ShardState {
         }
     }
 
-    async fn try_decide_and_commit(&mut self, commands: &[Command], optimistic: bool) -> Result<Vec<Outcome>, StoreError> {
+    /// Opens the writer's connection again (fence first) if it was lost.
+    async fn ensure_open(&mut self) -> Result<(), StoreError> {
         if self.writer.is_none() {
             let (conn, watermark) =
                 open_writer(self.shard_id, &self.database_url).await.map_err(|e| StoreError::WriterDown(e.to_string()))?;
             self.writer = Some(conn);
             self.watermark = watermark;
         }
+        Ok(())
+    }
+
+    async fn try_decide_and_commit(&mut self, commands: &[Command], optimistic: bool) -> Result<Vec<Outcome>, StoreError> {
+        self.ensure_open().await?;
         let conn = self.writer.as_mut().expect("opened above");
         let mut snapshot = Snapshot::default();
         let started = std::time::Instant::now();

@@ -15,27 +15,21 @@ use crate::Router;
 use ledger_core::command::{AbandonKeyCommand, Command, CompleteKeyCommand, CompleteRefCommand, KeyCompletion, RefCompletion};
 use ledger_core::ring::ShardId;
 use ledger_protocol::internal::{ClaimAnswer, ShardRequest, StaleClaims, StaleKeyClaim, StaleRefClaim};
-use std::time::Duration;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 impl Router {
-    /// Settles abandoned claims on every shard, forever.
-    pub(crate) async fn recover_claims(&self) {
-        let interval = Duration::from_millis(self.config.limits.saga_recovery_interval_ms);
-        loop {
-            tokio::time::sleep(interval).await;
-            for shard in self.ring.shards().to_vec() {
-                let ask = ShardRequest::StaleClaims { idle_ms: self.config.limits.claim_abandon_after_ms, limit: 100 };
-                let reply = self.link.send(shard, &ask).await;
-                let Ok(stale) = serde_json::from_str::<StaleClaims>(reply.body.get()) else { continue };
-                for claim in stale.keys {
-                    self.settle_key_claim(shard, claim).await;
-                }
-                for claim in stale.refs {
-                    self.settle_ref_claim(shard, claim).await;
-                }
-            }
+    /// Settles the abandoned claims whose home is `shard` (one pass of the recovery loop,
+    /// [`Router::recover`]).
+    pub(crate) async fn settle_claims_on(&self, shard: ShardId) {
+        let ask = ShardRequest::StaleClaims { idle_ms: self.config.limits.claim_abandon_after_ms, limit: 100 };
+        let reply = self.link.send(shard, &ask).await;
+        let Ok(stale) = serde_json::from_str::<StaleClaims>(reply.body.get()) else { return };
+        for claim in stale.keys {
+            self.settle_key_claim(shard, claim).await;
+        }
+        for claim in stale.refs {
+            self.settle_ref_claim(shard, claim).await;
         }
     }
 

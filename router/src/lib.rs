@@ -92,9 +92,7 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
     }
     let mut tasks = Vec::new();
     let recovering = router.clone();
-    tasks.push(tokio::spawn(async move { recovering.recover_sagas().await }));
-    let sweeping = router.clone();
-    tasks.push(tokio::spawn(async move { sweeping.recover_claims().await }));
+    tasks.push(tokio::spawn(async move { recovering.recover().await }));
     for endpoint in endpoints {
         let mut endpoint = endpoint.map_err(|e| anyhow::anyhow!("add endpoint: {e}"))?;
         let router = router.clone();
@@ -247,6 +245,19 @@ impl Router {
             }
         }
         ShardReply::ok(&audit::summarize(&parts, &unreachable))
+    }
+
+    /// The recovery loop, forever: on every shard, the sagas whose coordinator stopped and
+    /// the claims whose router died (`saga.rs`, `claims.rs`).
+    async fn recover(&self) {
+        let interval = Duration::from_millis(self.config.limits.saga_recovery_interval_ms);
+        loop {
+            tokio::time::sleep(interval).await;
+            for shard in self.ring.shards().to_vec() {
+                self.resume_sagas_on(shard).await;
+                self.settle_claims_on(shard).await;
+            }
+        }
     }
 
     /// Every shard recomputes its balance projection from its journal (through its writer).

@@ -457,24 +457,19 @@ impl Router {
         Ok(facts)
     }
 
-    /// Resumes sagas whose coordinator stopped, on every shard, forever.
-    pub(crate) async fn recover_sagas(&self) {
-        let interval = Duration::from_millis(self.config.limits.saga_recovery_interval_ms);
-        loop {
-            tokio::time::sleep(interval).await;
-            for shard in self.ring.shards().to_vec() {
-                let ask = ShardRequest::StaleSagas { idle_ms: self.config.limits.saga_resume_after_ms, limit: 100 };
-                let reply = self.link.send(shard, &ask).await;
-                let Ok(records) = serde_json::from_str::<Vec<SagaRecord>>(reply.body.get()) else { continue };
-                for record in records {
-                    let saga_id = record.saga_id;
-                    info!(%saga_id, shard, state = record.state.as_str(), "resuming an abandoned saga");
-                    let deadline = Instant::now() + self.link.request_timeout;
-                    match self.finish_saga(record, deadline, HashMap::new()).await {
-                        Ok(done) => info!(%saga_id, state = done.state.as_str(), "saga resumed to its end"),
-                        Err(reply) => warn!(%saga_id, reply = reply.body.get(), "saga still cannot finish; will retry"),
-                    }
-                }
+    /// Resumes the sagas logged on `shard` whose coordinator stopped (one pass of the
+    /// recovery loop, [`Router::recover`]).
+    pub(crate) async fn resume_sagas_on(&self, shard: ShardId) {
+        let ask = ShardRequest::StaleSagas { idle_ms: self.config.limits.saga_resume_after_ms, limit: 100 };
+        let reply = self.link.send(shard, &ask).await;
+        let Ok(records) = serde_json::from_str::<Vec<SagaRecord>>(reply.body.get()) else { return };
+        for record in records {
+            let saga_id = record.saga_id;
+            info!(%saga_id, shard, state = record.state.as_str(), "resuming an abandoned saga");
+            let deadline = Instant::now() + self.link.request_timeout;
+            match self.finish_saga(record, deadline, HashMap::new()).await {
+                Ok(done) => info!(%saga_id, state = done.state.as_str(), "saga resumed to its end"),
+                Err(reply) => warn!(%saga_id, reply = reply.body.get(), "saga still cannot finish; will retry"),
             }
         }
     }
