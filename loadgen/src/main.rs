@@ -241,6 +241,7 @@ async fn setup(target: &Target, population: &Population, args: &Args) -> anyhow:
 struct Tally {
     histogram: Mutex<Histogram<u64>>,
     ok_per_second: Vec<AtomicU64>,
+    max_latency_us_per_second: Vec<AtomicU64>,
     rejected: Mutex<BTreeMap<String, u64>>,
     transport_errors: AtomicU64,
     ok: AtomicU64,
@@ -252,6 +253,7 @@ impl Tally {
         Tally {
             histogram: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")),
             ok_per_second: (0..seconds + 2).map(|_| AtomicU64::new(0)).collect(),
+            max_latency_us_per_second: (0..seconds + 2).map(|_| AtomicU64::new(0)).collect(),
             rejected: Mutex::new(BTreeMap::new()),
             transport_errors: AtomicU64::new(0),
             ok: AtomicU64::new(0),
@@ -267,6 +269,9 @@ impl Tally {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 if let Some(slot) = self.ok_per_second.get(second) {
                     slot.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(slot) = self.max_latency_us_per_second.get(second) {
+                    slot.fetch_max(latency_us, Ordering::Relaxed);
                 }
                 let _ = self.histogram.lock().await.record(latency_us.max(1));
             }
@@ -391,6 +396,12 @@ async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, 
             .iter()
             .take(args.duration_s.ceil() as usize)
             .map(|c| c.load(Ordering::Relaxed))
+            .collect(),
+        max_latency_ms_per_second: tally
+            .max_latency_us_per_second
+            .iter()
+            .take(args.duration_s.ceil() as usize)
+            .map(|c| c.load(Ordering::Relaxed) as f64 / 1000.0)
             .collect(),
     }
 }

@@ -45,6 +45,8 @@ pub struct Phase {
     pub dropped: u64,
     pub latency_us: Latency,
     pub ok_per_second: Vec<u64>,
+    /// The slowest answer to a request sent in each second: where the stalls are.
+    pub max_latency_ms_per_second: Vec<f64>,
 }
 
 pub fn svg(phases: &[Phase], title: &str) -> String {

@@ -90,6 +90,7 @@ pub struct ShardActor;
 async fn open_writer(shard_id: u16, database_url: &str) -> Result<(PgConnection, Watermark), ActorProcessingErr> {
     let mut conn = PgConnection::connect(database_url).await?;
     store::prepare_shard(&mut conn, shard_id).await?;
+    store::use_generic_plans(&mut conn).await?;
     if !store::try_fence(&mut conn, shard_id).await? {
         return Err(OwnedElsewhere(shard_id).into());
     }

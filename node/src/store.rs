@@ -67,6 +67,17 @@ pub async fn prepare_shard(conn: &mut PgConnection, shard_id: u16) -> Result<(),
     Ok(())
 }
 
+/// Makes the writer's session reuse one plan per statement. Left to itself PostgreSQL
+/// re-plans the batch statement on every execution (its cost estimates favour plans made
+/// for the actual arrays), and planning a dozen data-modifying CTEs cost about as much
+/// as running them for the few commands of a batch at moderate load (0.7 ms of 1.8 ms,
+/// pg_stat_statements, docs/BENCHMARKS.md). The generic plan's index lookups suit every
+/// batch size the writer makes.
+pub async fn use_generic_plans(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("set plan_cache_mode = force_generic_plan").execute(conn).await?;
+    Ok(())
+}
+
 /// Key of the session advisory lock that fences a shard's writer.
 pub fn fence_lock_key(shard_id: u16) -> i64 {
     0x4c45_4447_0000_0000 | shard_id as i64
@@ -277,6 +288,57 @@ pub async fn load_originals(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Has
     Ok(originals)
 }
 
+/// The parts of `sql/write_batch.sql` in order, each `(name, text)`.
+fn batch_statement_parts() -> &'static [(&'static str, &'static str)] {
+    static PARTS: std::sync::OnceLock<Vec<(&'static str, &'static str)>> = std::sync::OnceLock::new();
+    PARTS.get_or_init(|| {
+        include_str!("sql/write_batch.sql")
+            .split("--@ ")
+            .skip(1) // the file's header comment
+            .map(|part| part.split_once('\n').expect("a part name ends its line"))
+            .collect()
+    })
+}
+
+/// The one-statement write for this batch: the watermark guard, the final check, and
+/// only the parts the batch has rows for (each variant is built once and then prepared
+/// once per connection, like any other statement).
+pub fn batch_statement(writes: &Writes) -> &'static str {
+    let has_rows = |part: &str| match part {
+        "guard" | "final" => true,
+        "transactions" => !writes.transactions.is_empty(),
+        "entries" => !writes.entries.is_empty(),
+        "released_keys" => writes.keys.iter().any(|k| k.status == KeyStatus::FailedRetryable),
+        "keys" => writes.keys.iter().any(|k| k.status != KeyStatus::FailedRetryable),
+        "balances" => !writes.touched_accounts.is_empty(),
+        "outbox" => !writes.outbox.is_empty(),
+        "external_refs" => !writes.external_refs.is_empty(),
+        "reversals" => !writes.reversals.is_empty(),
+        "sagas" => !writes.sagas.is_empty(),
+        "holds_opened" => !writes.holds_opened.is_empty(),
+        "holds_settled" => !writes.holds_settled.is_empty(),
+        other => panic!("write_batch.sql has a part {other:?} that batch_statement does not know"),
+    };
+    let parts = batch_statement_parts();
+    let mask = parts.iter().enumerate().filter(|(_, (name, _))| has_rows(name)).fold(0u64, |m, (i, _)| m | 1 << i);
+    static VARIANTS: std::sync::Mutex<Option<HashMap<u64, &'static str>>> = std::sync::Mutex::new(None);
+    let mut variants = VARIANTS.lock().expect("not poisoned");
+    variants.get_or_insert_with(HashMap::new).entry(mask).or_insert_with(|| {
+        let chosen = |i: usize| mask & (1 << i) != 0;
+        let ctes: Vec<&str> = parts
+            .iter()
+            .enumerate()
+            .filter(|&(i, (name, _))| chosen(i) && *name != "final")
+            .map(|(_, (_, text))| text.trim_end())
+            .collect();
+        let keys_written = parts.iter().enumerate().any(|(i, (name, _))| *name == "keys" && chosen(i));
+        let (_, last) = parts.iter().find(|(name, _)| *name == "final").expect("write_batch.sql has a final part");
+        let last = if keys_written { last.to_string() } else { last.replace("(select count(*) from keys)", "0") };
+        // built once per variant and kept for the life of the process: a handful exist
+        Box::leak(format!("with {}\n{last}", ctes.join(",\n")).into_boxed_str())
+    })
+}
+
 /// Whether a batch needs more than the one-statement write (rare commands).
 pub fn needs_transaction(writes: &Writes) -> bool {
     !writes.accounts.is_empty() || !writes.status_changes.is_empty() || !writes.ref_claims.is_empty()
@@ -316,7 +378,7 @@ pub async fn write_batch(
         .map(|id| snapshot.accounts.get(id).expect("touched accounts are in the snapshot"))
         .collect();
     let now = t.first().map(|t| t.posted_at).or_else(|| writes.status_changes.first().map(|c| c.changed_at));
-    let result = sqlx::query(include_str!("sql/write_batch.sql"))
+    let result = sqlx::query(batch_statement(writes))
         .bind(previous.last_commit_seq)
         .bind(next.last_commit_seq)
         .bind(next.last_posted_at)
@@ -1044,4 +1106,60 @@ pub async fn audit(conn: &mut PgConnection, shard_id: u16) -> Result<ledger_prot
             .collect(),
         unsettled_drift,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_core::batch::KeyRow;
+
+    fn key_row(status: KeyStatus) -> KeyRow {
+        KeyRow {
+            tenant_id: Uuid::nil(),
+            idempotency_key: "k".into(),
+            fingerprint: "f".into(),
+            status,
+            target_shard: None,
+            ledger_tx_id: None,
+            response_status: 0,
+            response_body: None,
+            created_at: Utc::now(),
+            expires_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_batch_statement_keeps_only_the_parts_a_batch_has_rows_for() {
+        let nothing = batch_statement(&Writes::default());
+        assert!(nothing.starts_with("with guard as ("), "{nothing}");
+        assert!(!nothing.contains("insert into"), "an empty batch writes only the watermark: {nothing}");
+        assert!(nothing.contains("ledger_require_new_keys($62, 0, $63)"), "{nothing}");
+
+        let mut writes = Writes::default();
+        writes.keys.push(key_row(KeyStatus::Succeeded));
+        writes.holds_settled.push(Uuid::nil());
+        let some = batch_statement(&writes);
+        for part in ["guard as (", "keys as (", "holds_settled as ("] {
+            assert!(some.contains(part), "{part} missing: {some}");
+        }
+        for part in ["released_keys as (", "transactions as (", "sagas as (", "holds_opened as ("] {
+            assert!(!some.contains(part), "{part} present: {some}");
+        }
+        assert!(some.contains("(select count(*) from keys)"), "{some}");
+        // the same parts give the same statement text, so the connection prepares it once
+        assert!(std::ptr::eq(some, batch_statement(&writes)));
+
+        writes.keys.push(key_row(KeyStatus::FailedRetryable));
+        assert!(batch_statement(&writes).contains("released_keys as ("));
+    }
+
+    #[test]
+    fn every_part_of_the_batch_statement_is_known() {
+        let names: Vec<&str> = batch_statement_parts().iter().map(|(name, _)| *name).collect();
+        assert_eq!(names.first(), Some(&"guard"));
+        assert_eq!(names.last(), Some(&"final"));
+        assert_eq!(names.len(), 13, "{names:?}");
+        // batch_statement asks about every part, and panics at a name it does not know
+        let _ = batch_statement(&Writes::default());
+    }
 }
