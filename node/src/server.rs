@@ -106,6 +106,47 @@ pub async fn run(
     handles: NodeHandles,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let node = start(&config, node_name, handles).await?;
+    shutdown.await;
+    node.stop().await;
+    Ok(())
+}
+
+/// A started node: its shards serve on NATS until [`RunningNode::stop`].
+pub struct RunningNode {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    local: LocalShards,
+}
+
+/// The shards of a node, reachable in-process. A router in the node's process
+/// (`ledger-router --node`) hands its requests for these shards straight to them instead
+/// of over NATS: the same handling, without the two NATS hops and the JSON encoding
+/// of commands and replies that a router in another process pays for each batch.
+#[derive(Clone, Default)]
+pub struct LocalShards(Arc<HashMap<u16, Arc<ShardRuntime>>>);
+
+impl LocalShards {
+    pub fn owns(&self, shard_id: u16) -> bool {
+        self.0.contains_key(&shard_id)
+    }
+
+    /// What the shard answers to `request`; `None` if this node does not own the shard.
+    pub async fn request(&self, shard_id: u16, request: ShardRequest) -> Option<ShardReply> {
+        let runtime = self.0.get(&shard_id)?;
+        Some(handle(runtime, request).await)
+    }
+
+    /// One reply per command, in order, committed in one batch as a `WriteBatch` message
+    /// would be; `None` if this node does not own the shard.
+    pub async fn write(&self, shard_id: u16, commands: Vec<Command>) -> Option<Vec<ShardReply>> {
+        let runtime = self.0.get(&shard_id)?;
+        Some(write(runtime, commands).await)
+    }
+}
+
+/// Starts node `node_name` of `config`: its shard writers, their NATS subscriptions and
+/// their outbox relays.
+pub async fn start(config: &ClusterConfig, node_name: &str, handles: NodeHandles) -> anyhow::Result<RunningNode> {
     let node = config.node(node_name).with_context(|| format!("no node named {node_name:?} in the cluster config"))?.clone();
     let client = async_nats::ConnectOptions::new()
         .name(format!("ledger-node {node_name}"))
@@ -114,16 +155,16 @@ pub async fn run(
         .with_context(|| format!("connect to NATS at {}", config.cluster.nats_url))?;
     outbox::ensure_stream(&client).await?;
     let mut tasks = Vec::new();
-    let mut runtimes = Vec::new();
+    let mut runtimes = HashMap::new();
     for shard_id in &node.shards {
         let shard = config.shard(*shard_id).expect("config checked");
         let faults = handles.faults.get(shard_id).cloned().unwrap_or_default();
-        let runtime = start_shard(&config, shard, faults).await?;
+        let runtime = start_shard(config, shard, faults).await?;
         let subscription = client
             .subscribe(ledger_protocol::subject::shard_subject(*shard_id))
             .await
             .map_err(|e| anyhow::anyhow!("subscribe for shard {shard_id}: {e}"))?;
-        runtimes.push(runtime.clone());
+        runtimes.insert(*shard_id, runtime.clone());
         let serve_client = client.clone();
         let serve_runtime = runtime.clone();
         tasks.push(tokio::spawn(async move { serve(serve_client, serve_runtime, subscription).await }));
@@ -131,23 +172,33 @@ pub async fn run(
         info!(node = node_name, shard_id, "shard serving");
     }
     client.flush().await.ok();
-    shutdown.await;
-    for task in tasks {
-        task.abort();
+    Ok(RunningNode { tasks, local: LocalShards(Arc::new(runtimes)) })
+}
+
+impl RunningNode {
+    pub fn local_shards(&self) -> LocalShards {
+        self.local.clone()
     }
-    for runtime in runtimes {
-        runtime.writers.begin_shutdown();
-        if let Some(writer) = runtime.writers.writer() {
-            let _ = writer.stop_and_wait(Some("node shutting down".into()), Some(Duration::from_secs(10))).await;
+
+    /// Stops serving, then stops each shard's writer (its fence is released with its
+    /// connection) and closes its pool.
+    pub async fn stop(self) {
+        for task in self.tasks {
+            task.abort();
         }
-        runtime.supervisor.stop(Some("node shutting down".into()));
-        let join = runtime.supervisor_join.lock().expect("not poisoned").take();
-        if let Some(join) = join {
-            let _ = join.await;
+        for runtime in self.local.0.values() {
+            runtime.writers.begin_shutdown();
+            if let Some(writer) = runtime.writers.writer() {
+                let _ = writer.stop_and_wait(Some("node shutting down".into()), Some(Duration::from_secs(10))).await;
+            }
+            runtime.supervisor.stop(Some("node shutting down".into()));
+            let join = runtime.supervisor_join.lock().expect("not poisoned").take();
+            if let Some(join) = join {
+                let _ = join.await;
+            }
+            runtime.pool.close().await;
         }
-        runtime.pool.close().await;
     }
-    Ok(())
 }
 
 async fn serve(client: async_nats::Client, runtime: Arc<ShardRuntime>, mut subscription: async_nats::Subscriber) {

@@ -27,6 +27,7 @@ use ledger_core::ids::{is_saga_id, shard_of_ledger_id};
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::{HashRing, ShardId};
 use ledger_node::config::ClusterConfig;
+use ledger_node::server::LocalShards;
 use ledger_protocol::internal::{ClaimAnswer, Redirect, ShardReply, ShardRequest, TransactionLookup};
 use ledger_protocol::request::{
     AccountRef, CreateAccountRequest, EmptyRequest, GetTransactionRequest, PostRequest, ReverseRequest, SetStatusRequest,
@@ -59,6 +60,12 @@ const ACCOUNT_FACTS_CACHED_MAX: usize = 200_000;
 
 /// Runs a router until `shutdown` resolves.
 pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    run_beside(config, LocalShards::default(), shutdown).await
+}
+
+/// Runs a router in the process of a node whose shards are `local`: requests for those
+/// shards go to them in-process, the others over NATS as from any router.
+pub async fn run_beside(config: ClusterConfig, local: LocalShards, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let client = async_nats::ConnectOptions::new()
         .name("ledger-router")
         .connect(&config.cluster.nats_url)
@@ -73,7 +80,7 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
         .map_err(|e| anyhow::anyhow!("start the ledger service: {e}"))?;
     let in_flight = Arc::new(Semaphore::new(config.limits.router_in_flight_max));
     let router = Arc::new(Router {
-        link: ShardLink::new(client.clone(), Duration::from_millis(config.limits.request_timeout_ms), &config),
+        link: ShardLink::new(client.clone(), Duration::from_millis(config.limits.request_timeout_ms), &config, local),
         ring: config.ring(),
         config,
         account_facts: std::sync::Mutex::new(lru::LruCache::new(
@@ -235,7 +242,7 @@ impl Router {
             .ring
             .shards()
             .iter()
-            .map(|shard| async move { (*shard, send(&self.link.client, AUDIT_TIMEOUT, *shard, &ShardRequest::Audit).await) });
+            .map(|shard| async move { (*shard, self.link.send_within(AUDIT_TIMEOUT, *shard, &ShardRequest::Audit).await) });
         let mut parts = Vec::new();
         let mut unreachable = Vec::new();
         for (shard, reply) in futures::future::join_all(reads).await {
@@ -263,7 +270,7 @@ impl Router {
     /// Every shard recomputes its balance projection from its journal (through its writer).
     async fn rebuild_balances(&self) -> ShardReply {
         let rebuilds = self.ring.shards().iter().map(|shard| async move {
-            (*shard, send(&self.link.client, AUDIT_TIMEOUT, *shard, &ShardRequest::RebuildBalances).await)
+            (*shard, self.link.send_within(AUDIT_TIMEOUT, *shard, &ShardRequest::RebuildBalances).await)
         });
         let mut shards = Vec::new();
         let mut unreachable = Vec::new();
@@ -508,24 +515,27 @@ struct PendingWrite {
     reply: tokio::sync::oneshot::Sender<ShardReply>,
 }
 
-/// Requests to shards over NATS, with the cluster's timeout. Writes to a shard are
-/// batched: whatever queued while earlier messages were out goes in one message.
+/// Requests to shards, with the cluster's timeout: in-process to the shards of a node in
+/// this process, over NATS to the others. Writes to a shard are batched: whatever queued
+/// while earlier messages were out goes in one message.
 #[derive(Clone)]
 struct ShardLink {
     client: async_nats::Client,
+    local: LocalShards,
     request_timeout: Duration,
     writers: Arc<std::collections::HashMap<ShardId, tokio::sync::mpsc::Sender<PendingWrite>>>,
 }
 
 impl ShardLink {
-    fn new(client: async_nats::Client, request_timeout: Duration, config: &ClusterConfig) -> ShardLink {
+    fn new(client: async_nats::Client, request_timeout: Duration, config: &ClusterConfig, local: LocalShards) -> ShardLink {
         let mut writers = std::collections::HashMap::new();
+        let link = ShardLink { client, local, request_timeout, writers: Arc::new(std::collections::HashMap::new()) };
         for shard in &config.shards {
             let (queue, pending) = tokio::sync::mpsc::channel(config.limits.shard_queue_commands_max);
             writers.insert(shard.id, queue);
-            tokio::spawn(batch_writes(client.clone(), request_timeout, shard.id, pending));
+            tokio::spawn(batch_writes(link.clone(), shard.id, pending));
         }
-        ShardLink { client, request_timeout, writers: Arc::new(writers) }
+        ShardLink { writers: Arc::new(writers), ..link }
     }
 
     async fn write(&self, shard: ShardId, command: Command) -> ShardReply {
@@ -540,31 +550,63 @@ impl ShardLink {
     }
 
     async fn send(&self, shard: ShardId, request: &ShardRequest) -> ShardReply {
-        send(&self.client, self.request_timeout, shard, request).await
+        self.send_within(self.request_timeout, shard, request).await
+    }
+
+    async fn send_within(&self, timeout: Duration, shard: ShardId, request: &ShardRequest) -> ShardReply {
+        if self.local.owns(shard) {
+            let local = self.local.request(shard, request.clone());
+            return match tokio::time::timeout(timeout, local).await {
+                Ok(reply) => reply.expect("owned shards answer"),
+                Err(_) => late(shard),
+            };
+        }
+        let body = serde_json::to_vec(request).expect("requests serialize");
+        let ask = self.client.request(subject::shard_subject(shard), body.into());
+        match tokio::time::timeout(timeout, ask).await {
+            Ok(Ok(message)) => serde_json::from_slice(&message.payload)
+                .unwrap_or_else(|error| ShardReply::internal(&format!("malformed shard reply: {error}"))),
+            Ok(Err(error)) => {
+                warn!(shard, %error, "shard request failed");
+                ShardReply::unavailable(&format!("shard {shard} cannot be reached; retry with the same key"))
+            }
+            Err(_) => late(shard),
+        }
+    }
+
+    /// One reply per command, in order, for commands that go to a shard together.
+    async fn write_together(&self, shard: ShardId, commands: Vec<Command>) -> Vec<ShardReply> {
+        let count = commands.len();
+        if self.local.owns(shard) {
+            return match tokio::time::timeout(self.request_timeout, self.local.write(shard, commands)).await {
+                Ok(replies) => replies.expect("owned shards answer"),
+                Err(_) => vec![late(shard); count],
+            };
+        }
+        let request = if count == 1 {
+            ShardRequest::Write { command: Box::new(commands.into_iter().next().expect("one")) }
+        } else {
+            ShardRequest::WriteBatch { commands }
+        };
+        let reply = self.send(shard, &request).await;
+        if count == 1 {
+            return vec![reply];
+        }
+        match serde_json::from_str::<Vec<ShardReply>>(reply.body.get()) {
+            Ok(answers) if reply.status == 200 && answers.len() == count => answers,
+            // the whole message failed: every write in it gets that failure
+            _ if reply.status != 200 => vec![reply; count],
+            _ => vec![ShardReply::internal("malformed batch reply from the shard"); count],
+        }
     }
 }
 
-async fn send(client: &async_nats::Client, request_timeout: Duration, shard: ShardId, request: &ShardRequest) -> ShardReply {
-    let body = serde_json::to_vec(request).expect("requests serialize");
-    let ask = client.request(subject::shard_subject(shard), body.into());
-    match tokio::time::timeout(request_timeout, ask).await {
-        Ok(Ok(message)) => serde_json::from_slice(&message.payload)
-            .unwrap_or_else(|error| ShardReply::internal(&format!("malformed shard reply: {error}"))),
-        Ok(Err(error)) => {
-            warn!(shard, %error, "shard request failed");
-            ShardReply::unavailable(&format!("shard {shard} cannot be reached; retry with the same key"))
-        }
-        Err(_) => ShardReply::unavailable(&format!("shard {shard} did not answer in time; retry with the same key")),
-    }
+fn late(shard: ShardId) -> ShardReply {
+    ShardReply::unavailable(&format!("shard {shard} did not answer in time; retry with the same key"))
 }
 
 /// Drains one shard's write queue into messages of up to [`WRITE_BATCH_COMMANDS_MAX`].
-async fn batch_writes(
-    client: async_nats::Client,
-    request_timeout: Duration,
-    shard: ShardId,
-    mut pending: tokio::sync::mpsc::Receiver<PendingWrite>,
-) {
+async fn batch_writes(link: ShardLink, shard: ShardId, mut pending: tokio::sync::mpsc::Receiver<PendingWrite>) {
     let in_flight = Arc::new(Semaphore::new(WRITE_BATCHES_IN_FLIGHT_MAX));
     let mut batch = Vec::with_capacity(WRITE_BATCH_COMMANDS_MAX);
     loop {
@@ -573,26 +615,10 @@ async fn batch_writes(
             return;
         }
         let writes = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH_COMMANDS_MAX));
-        let client = client.clone();
+        let link = link.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<Command>, Vec<_>) = writes.into_iter().map(|w| (w.command, w.reply)).unzip();
-            let count = commands.len();
-            let request = if count == 1 {
-                ShardRequest::Write { command: Box::new(commands.into_iter().next().expect("one")) }
-            } else {
-                ShardRequest::WriteBatch { commands }
-            };
-            let reply = send(&client, request_timeout, shard, &request).await;
-            let answers: Vec<ShardReply> = if count == 1 {
-                vec![reply]
-            } else {
-                match serde_json::from_str::<Vec<ShardReply>>(reply.body.get()) {
-                    Ok(answers) if reply.status == 200 && answers.len() == count => answers,
-                    // the whole message failed: every write in it gets that failure
-                    _ if reply.status != 200 => vec![reply; count],
-                    _ => vec![ShardReply::internal("malformed batch reply from the shard"); count],
-                }
-            };
+            let answers = link.write_together(shard, commands).await;
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }

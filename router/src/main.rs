@@ -1,4 +1,7 @@
-//! `ledger-router --config cluster-config/local.toml`
+//! `ledger-router --config cluster-config/local.toml [--node node-0]`
+//!
+//! With `--node`, the process also runs that node of the config (its shard writers,
+//! subscriptions and relays), and this router reaches the node's shards in-process.
 
 // The hot paths allocate per request; mimalloc spends a fraction of glibc's time on it.
 #[global_allocator]
@@ -13,6 +16,10 @@ use std::path::PathBuf;
 struct Args {
     #[arg(long, env = "LEDGER_CONFIG", default_value = "cluster-config/local.toml")]
     config: PathBuf,
+    /// Also run this node of the config in this process; requests for its shards then
+    /// skip NATS. Other routers still reach them over NATS.
+    #[arg(long, env = "LEDGER_EMBEDDED_NODE")]
+    node: Option<String>,
 }
 
 #[tokio::main]
@@ -25,5 +32,11 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    ledger_router::run(config, shutdown).await
+    let Some(node_name) = args.node else {
+        return ledger_router::run(config, shutdown).await;
+    };
+    let node = ledger_node::server::start(&config, &node_name, Default::default()).await?;
+    let served = ledger_router::run_beside(config, node.local_shards(), shutdown).await;
+    node.stop().await;
+    served
 }

@@ -123,6 +123,9 @@ pub struct Cluster {
     pub faults: HashMap<u16, Arc<FaultHooks>>,
     node: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
     router: Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>,
+    /// The node the router runs beside, if it does ([`router_beside_a_node`]); the other
+    /// node, if any, is `node`.
+    beside: Option<&'static str>,
 }
 
 pub fn cluster_toml(name: &str, nats_url: &str, database_urls: &[String]) -> String {
@@ -137,6 +140,25 @@ pub fn cluster_toml(name: &str, nats_url: &str, database_urls: &[String]) -> Str
     let ids: Vec<String> = (0..database_urls.len()).map(|i| i.to_string()).collect();
     text.push_str(&format!("[[nodes]]\nname = \"node-0\"\nshards = [{}]\n", ids.join(", ")));
     text
+}
+
+/// Whether the test clusters run their router beside a node, as `ledger-router --node`
+/// does: `LEDGER_TEST_ROUTER_BESIDE=1`. Their shards are then split over two nodes, the
+/// router reaching the first node's shards in-process and the second's over NATS.
+pub fn router_beside_a_node() -> bool {
+    std::env::var("LEDGER_TEST_ROUTER_BESIDE").is_ok_and(|v| v == "1")
+}
+
+/// Splits the shards of a [`cluster_toml`] text over two nodes, `node-0` and `node-1`.
+pub fn two_nodes(toml: &str, shards: usize) -> String {
+    let (text, _) = toml.split_once("[[nodes]]").expect("a cluster toml names its node");
+    let ids = |range: std::ops::Range<usize>| range.map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let half = shards.div_ceil(2);
+    format!(
+        "{text}[[nodes]]\nname = \"node-0\"\nshards = [{}]\n[[nodes]]\nname = \"node-1\"\nshards = [{}]\n",
+        ids(0..half),
+        ids(half..shards)
+    )
 }
 
 /// How many shards the foundation tests run on: `LEDGER_TEST_SHARDS`, 1 by default.
@@ -159,6 +181,15 @@ impl Cluster {
 
     /// A cluster whose config text `tune` may change first (limits, for instance).
     pub async fn start_tuned(shards: usize, tune: impl FnOnce(String) -> String) -> Cluster {
+        Cluster::start_with(shards, router_beside_a_node(), tune).await
+    }
+
+    /// A cluster whose router runs beside a node, whatever `LEDGER_TEST_ROUTER_BESIDE` says.
+    pub async fn start_beside(shards: usize) -> Cluster {
+        Cluster::start_with(shards, true, |toml| toml).await
+    }
+
+    async fn start_with(shards: usize, beside: bool, tune: impl FnOnce(String) -> String) -> Cluster {
         let nats = NatsServer::start().await;
         let name = format!(
             "ledger_test_{}_{}_{}",
@@ -167,16 +198,35 @@ impl Cluster {
             &Uuid::new_v4().simple().to_string()[..8]
         );
         let urls: Vec<String> = (0..shards).map(|i| format!("{}/{name}_s{i}", pg_server_url())).collect();
-        let config = ClusterConfig::parse(&tune(cluster_toml(&name, &nats.url, &urls)), "test").expect("test config");
-        let faults: HashMap<u16, Arc<FaultHooks>> = (0..shards as u16).map(|id| (id, Arc::default())).collect();
+        let mut toml = cluster_toml(&name, &nats.url, &urls);
+        let beside = beside.then_some("node-0");
+        if beside.is_some() && shards > 1 {
+            toml = two_nodes(&toml, shards);
+        }
+        Cluster::launch(nats, &tune(toml), beside).await
+    }
+
+    /// A cluster of the config text `toml` (its NATS URL must be `nats`'s), its router
+    /// beside node `beside` if given, else alone; any other node named `node-0` or
+    /// `node-1` runs on its own.
+    async fn launch(nats: NatsServer, toml: &str, beside: Option<&'static str>) -> Cluster {
+        let config = ClusterConfig::parse(toml, "test").expect("test config");
+        let faults: HashMap<u16, Arc<FaultHooks>> = config.shards.iter().map(|s| (s.id, Arc::default())).collect();
         let client = async_nats::connect(&nats.url).await.expect("connect to the test nats-server");
-        let mut cluster = Cluster { nats, client, tenant: Uuid::new_v4(), config, faults, node: None, router: None };
+        let mut cluster = Cluster { nats, client, tenant: Uuid::new_v4(), config, faults, node: None, router: None, beside };
         cluster.start_node().await;
         cluster.start_router().await;
         cluster
     }
 
+    /// Starts the node the router does not run beside: `node-0`, or `node-1` when the
+    /// router runs beside `node-0` (if the config has a `node-1`).
     pub async fn start_node(&mut self) {
+        let name = match self.beside {
+            None => "node-0",
+            Some(_) if self.config.node("node-1").is_some() => "node-1",
+            Some(_) => return,
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = self.config.clone();
         let handles = NodeHandles { faults: self.faults.clone() };
@@ -186,7 +236,7 @@ impl Cluster {
                 let _ = ready_tx.send(());
                 let _ = stopped.await;
             };
-            ledger_node::server::run(config, "node-0", handles, shutdown).await.expect("node runs");
+            ledger_node::server::run(config, name, handles, shutdown).await.expect("node runs");
         });
         ready_rx.await.expect("node started");
         self.node = Some((task, stop));
@@ -195,11 +245,20 @@ impl Cluster {
     pub async fn start_router(&mut self) {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let config = self.config.clone();
+        let beside = self.beside;
+        let handles = NodeHandles { faults: self.faults.clone() };
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stopped.await;
             };
-            ledger_router::run(config, shutdown).await.expect("router runs");
+            match beside {
+                None => ledger_router::run(config, shutdown).await.expect("router runs"),
+                Some(node_name) => {
+                    let node = ledger_node::server::start(&config, node_name, handles).await.expect("node starts");
+                    ledger_router::run_beside(config, node.local_shards(), shutdown).await.expect("router runs");
+                    node.stop().await;
+                }
+            }
         });
         self.router = Some((task, stop));
         let deadline = Instant::now() + Duration::from_secs(10);

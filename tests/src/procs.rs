@@ -130,6 +130,22 @@ pub struct ProcCluster {
 impl ProcCluster {
     /// `shards` shards on one node; on a private PostgreSQL server if `private_postgres`.
     pub async fn start(binary: &str, shards: usize, private_postgres: bool) -> ProcCluster {
+        let cluster = ProcCluster::prepare(binary, shards, private_postgres).await;
+        cluster.start_node(&[]);
+        cluster.wait_for_node().await;
+        cluster.start_router(&[]).await;
+        cluster
+    }
+
+    /// `shards` shards on one node whose process also runs the router, as
+    /// `ledger-router --node` does; the process counts as a router (`kill_router`).
+    pub async fn start_beside(binary: &str, shards: usize) -> ProcCluster {
+        let cluster = ProcCluster::prepare(binary, shards, false).await;
+        cluster.start_router_beside().await;
+        cluster
+    }
+
+    async fn prepare(binary: &str, shards: usize, private_postgres: bool) -> ProcCluster {
         let nats = NatsServer::start().await;
         let postgres = private_postgres.then(PrivatePostgres::start);
         let server = postgres.as_ref().map_or_else(pg_server_url, PrivatePostgres::url);
@@ -159,9 +175,6 @@ impl ProcCluster {
             routers: Mutex::default(),
             started: AtomicU32::new(0),
         };
-        cluster.start_node(&[]);
-        cluster.wait_for_node().await;
-        cluster.start_router(&[]).await;
         cluster
     }
 
@@ -203,10 +216,22 @@ impl ProcCluster {
         }
     }
 
+    /// Starts a router process running beside node `node-0` and waits until its shards
+    /// and the router answer.
+    pub async fn start_router_beside(&self) -> usize {
+        let config = self.config_path.to_string_lossy().into_owned();
+        let index = self.add_router(self.spawn(&["router", &config, "node-0"], &[])).await;
+        self.wait_for_node().await;
+        index
+    }
+
     /// Starts a router process and waits until some router answers `$SRV.PING.ledger`.
     pub async fn start_router(&self, env: &[(&str, &str)]) -> usize {
         let config = self.config_path.to_string_lossy().into_owned();
-        let child = self.spawn(&["router", &config], env);
+        self.add_router(self.spawn(&["router", &config], env)).await
+    }
+
+    async fn add_router(&self, child: Child) -> usize {
         let index = {
             let mut routers = self.routers.lock().expect("not poisoned");
             routers.push(child);

@@ -1,5 +1,7 @@
 //! A node or a router as its own process, for the fault-injection tests (which SIGKILL
-//! them): `ledger-proc node <config> <node-name>` or `ledger-proc router <config>`. The
+//! them): `ledger-proc node <config> <node-name>`, `ledger-proc router <config>`, or
+//! `ledger-proc router <config> <node-name>` (a router beside that node, as
+//! `ledger-router --node` runs it). The
 //! same code as the `ledger-node` and `ledger-router` binaries, built with the router's
 //! test-only fault hooks (see `ledger_router::faults`).
 
@@ -24,6 +26,13 @@ async fn main() -> anyhow::Result<()> {
             let config = ClusterConfig::load(std::path::Path::new(&args[2]))?;
             ledger_router::run(config, shutdown).await
         }
-        _ => anyhow::bail!("usage: ledger-proc node <config> <node-name> | ledger-proc router <config>"),
+        Some("router") if args.len() == 4 => {
+            let config = ClusterConfig::load(std::path::Path::new(&args[2]))?;
+            let node = ledger_node::server::start(&config, &args[3], Default::default()).await?;
+            let served = ledger_router::run_beside(config, node.local_shards(), shutdown).await;
+            node.stop().await;
+            served
+        }
+        _ => anyhow::bail!("usage: ledger-proc node <config> <node-name> | ledger-proc router <config> [<node-name>]"),
     }
 }

@@ -313,6 +313,22 @@ async fn a_node_killed_under_load_loses_and_duplicates_nothing() {
     verify(&work, record, 10).await;
 }
 
+/// The router runs beside its node in one process (`ledger-router --node`), so a kill
+/// takes the coordinator of every saga in flight and every shard writer at once.
+#[tokio::test]
+async fn a_router_and_its_node_killed_together_under_load_lose_and_duplicate_nothing() {
+    let work = setup(ProcCluster::start_beside(BINARY, SHARDS).await).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&work, 6, stop.clone());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    work.cluster.kill_router(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    work.cluster.start_router_beside().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let record = stop_load(stop, load).await;
+    verify(&work, record, 10).await;
+}
+
 #[tokio::test]
 async fn the_saga_coordinator_killed_between_legs_is_resumed_to_the_end() {
     let work = setup(ProcCluster::start(BINARY, SHARDS, false).await).await;

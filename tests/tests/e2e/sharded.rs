@@ -1,6 +1,7 @@
 //! PROTOCOL.md's promises across a 4-shard cluster: an idempotency key and an external
 //! reference are unique per tenant across the cluster, whatever shards the requests touch.
 
+use futures::StreamExt;
 use ledger_core::command::{ClaimKeyCommand, ClaimRefCommand, Command, ExternalRef};
 use ledger_core::ring::{HashRing, ShardId};
 use ledger_protocol::internal::ShardRequest;
@@ -307,4 +308,54 @@ async fn claims_of_requests_whose_router_died_are_settled_by_the_sweeper() {
 
 fn ledger_protocol_subject(shard: ShardId) -> String {
     format!("ledger.internal.v1.shard.{shard}")
+}
+
+/// `ledger-router --node`: a router running beside a node hands the requests for that
+/// node's shards to them in-process, and reaches the other node's shards over NATS, for
+/// single-shard posts, sagas across the two nodes, retries and the audit alike.
+#[tokio::test]
+async fn a_router_beside_a_node_reaches_its_shards_in_process_and_the_others_over_nats() {
+    let cluster = Cluster::start_beside(4).await;
+    let (local, remote): (Vec<ShardId>, Vec<ShardId>) = (0..4).partition(|shard| {
+        cluster.config.node("node-0").unwrap().shards.contains(shard)
+    });
+    assert_eq!((local.len(), remote.len()), (2, 2), "two shards on each node");
+    let mut spy = cluster.client.subscribe("ledger.internal.v1.shard.*").await.unwrap();
+    cluster.client.flush().await.unwrap();
+
+    let ring = cluster.config.ring();
+    let near = pair_on(&ring, cluster.tenant, local[0], "near");
+    let far = pair_on(&ring, cluster.tenant, remote[0], "far");
+    for code in [&near.0, &near.1, &far.0, &far.1] {
+        cluster.create_account(code, "LIABILITY", "IDR", true).await;
+    }
+    let homed_on = |shard: ShardId, tag: &str| {
+        (0..).map(|i| format!("{tag}-{i}")).find(|key| ring.shard_for_key(cluster.tenant, key) == shard).unwrap()
+    };
+    let near_key = homed_on(local[0], "near");
+    let first = cluster.transfer(&near_key, &near.0, &near.1, 40, "IDR").await.ok();
+    let again = cluster.transfer(&near_key, &near.0, &near.1, 40, "IDR").await.ok();
+    assert_eq!((again["replayed"].as_bool(), &again["ledger_tx_id"]), (Some(true), &first["ledger_tx_id"]));
+    cluster.transfer(&homed_on(remote[0], "far"), &far.0, &far.1, 25, "IDR").await.ok();
+    // a saga from a local shard's account to a remote shard's, and back
+    cluster.transfer(&homed_on(local[0], "out"), &near.1, &far.0, 15, "IDR").await.ok();
+    cluster.transfer(&homed_on(remote[0], "in"), &far.1, &near.0, 5, "IDR").await.ok();
+
+    assert_eq!(cluster.balance(&near.1).await, 40 - 15);
+    assert_eq!(cluster.balance(&far.0).await, -25 + 15);
+    assert_eq!(cluster.balance(&near.0).await, -40 + 5);
+    assert_eq!(cluster.audit().await["ok"], true);
+
+    // what crossed NATS to a shard went to the other node's shards only
+    // (the recovery loop asks every shard about stale sagas and claims all the time: read
+    // what has arrived so far, not until it stops)
+    let mut subjects = std::collections::BTreeSet::new();
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    while let Ok(Some(message)) = tokio::time::timeout_at(until, spy.next()).await {
+        subjects.insert(message.subject.to_string());
+    }
+    let expected: std::collections::BTreeSet<String> =
+        remote.iter().map(|shard| ledger_protocol::subject::shard_subject(*shard)).collect();
+    assert_eq!(subjects, expected, "the router's own node's shards are reached in-process");
+    cluster.finish().await;
 }
