@@ -5,6 +5,9 @@
 #   BENCH_SECONDS    measured seconds per phase        (default 20)
 #   BENCH_SHARDS     shard counts to measure           (default "1 2 4")
 #   BENCH_MILLION    1 = also load 1,000,000 accounts and report node memory (slow)
+# The cluster runs as one process, the router beside the node (`ledger-router --node`);
+# on the largest shard count the uniform and half-peak open-loop phases run again with
+# the router in a process of its own, for comparison.
 # It tunes the local PostgreSQL first (scripts/env.sh: tune_postgres) and restarts it.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -61,13 +64,18 @@ config_for() { # shards -> path of a bench config with fresh databases
 }
 
 NODE_PID=""; ROUTER_PID=""
-start_cluster() {
+start_cluster() { # config, shards: one process, the router beside the node
+  "$BIN/ledger-router" --config "$1" --node node-0 >"$OUT/cluster-$2.log" 2>&1 & NODE_PID=$!; ROUTER_PID=""
+  for _ in $(seq 1 300); do [ "$(grep -c 'shard serving' "$OUT/cluster-$2.log")" -ge "$2" ] && break; sleep 0.1; done
+  for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
+}
+start_cluster_apart() { # config, shards: a node process and a router process
   "$BIN/ledger-node" --config "$1" --node node-0 >"$OUT/node-$2.log" 2>&1 & NODE_PID=$!
-  for _ in $(seq 1 100); do [ "$(grep -c 'shard serving' "$OUT/node-$2.log")" -ge "$2" ] && break; sleep 0.1; done
+  for _ in $(seq 1 300); do [ "$(grep -c 'shard serving' "$OUT/node-$2.log")" -ge "$2" ] && break; sleep 0.1; done
   "$BIN/ledger-router" --config "$1" >"$OUT/router-$2.log" 2>&1 & ROUTER_PID=$!
   for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
 }
-stop_cluster() { kill "$ROUTER_PID" "$NODE_PID" 2>/dev/null || true; wait "$ROUTER_PID" "$NODE_PID" 2>/dev/null || true; }
+stop_cluster() { kill $ROUTER_PID $NODE_PID 2>/dev/null || true; wait $ROUTER_PID $NODE_PID 2>/dev/null || true; }
 trap stop_cluster EXIT
 
 load() { # name, extra args...
@@ -102,7 +110,13 @@ for shards in $SHARD_COUNTS; do
       from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r', 'p')
       and (c.relname like 'ledger_transaction%' or c.relname like 'ledger_entry%' or c.relname = 'ledger_idempotency' or c.relname = 'ledger_outbox')"; done | awk '{s+=$1} END {print s}')
     echo "cluster $shards shards: $transfers transfers on disk, $((bytes / transfers)) bytes per transfer (journal, entries, idempotency, outbox, with indexes)" | tee -a "$OUT/summary.txt"
-    echo "node resident memory after the runs: $(($(ps -o rss= -p "$NODE_PID") / 1024)) MiB" | tee -a "$OUT/summary.txt"
+    echo "node (and router) resident memory after the runs: $(($(ps -o rss= -p "$NODE_PID") / 1024)) MiB" | tee -a "$OUT/summary.txt"
+    # the same cluster with the router in a process of its own: the uniform peak, and
+    # open loop at half of this run's peak
+    stop_cluster
+    start_cluster_apart "$config" "$shards"
+    load "uniform-s$shards-home-apart" --concurrency 1024 --keys home
+    load "open-s$shards-home-apart" --mode open --rate "$half" --concurrency 8192 --keys home
   fi
   stop_cluster
 done
@@ -118,9 +132,12 @@ if [ "${BENCH_MILLION:-0}" = "1" ]; then
   stop_cluster
 fi
 
-python3 - "$best_ours" "$best_naive" <<'PY' | tee -a "$OUT/summary.txt"
+apart=$(ls "$OUT"/uniform-s*-home-apart.json >/dev/null 2>&1 && rate_of "$(basename "$(ls "$OUT"/uniform-s*-home-apart.json | tail -n1)" .json)" || echo 0)
+python3 - "$best_ours" "$best_naive" "$apart" <<'PY' | tee -a "$OUT/summary.txt"
 import sys
-ours, naive = int(sys.argv[1]), int(sys.argv[2])
+ours, naive, apart = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 print(f"RATIO uniform single-shard (best over shard counts, keys homed) / naive best: {ours} / {naive} = {ours / max(naive, 1):.2f}x")
+if apart:
+    print(f"  (router in its own process, largest shard count: {apart} / {naive} = {apart / max(naive, 1):.2f}x)")
 PY
 say "results in $OUT"

@@ -162,7 +162,7 @@ impl ProcCluster {
             .connect(&nats.url)
             .await
             .expect("connect to the test nats-server");
-        let cluster = ProcCluster {
+        ProcCluster {
             nats,
             client,
             tenant: Uuid::new_v4(),
@@ -174,8 +174,7 @@ impl ProcCluster {
             nodes: Mutex::default(),
             routers: Mutex::default(),
             started: AtomicU32::new(0),
-        };
-        cluster
+        }
     }
 
     fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
