@@ -529,6 +529,7 @@ struct ShardLink {
 impl ShardLink {
     fn new(client: async_nats::Client, request_timeout: Duration, config: &ClusterConfig, local: LocalShards) -> ShardLink {
         let mut writers = std::collections::HashMap::new();
+        // the batchers only send: the link they get needs no queues of its own
         let link = ShardLink { client, local, request_timeout, writers: Arc::new(std::collections::HashMap::new()) };
         for shard in &config.shards {
             let (queue, pending) = tokio::sync::mpsc::channel(config.limits.shard_queue_commands_max);
