@@ -80,7 +80,14 @@ pub async fn run_beside(config: ClusterConfig, local: LocalShards, shutdown: imp
         .map_err(|e| anyhow::anyhow!("start the ledger service: {e}"))?;
     let in_flight = Arc::new(Semaphore::new(config.limits.router_in_flight_max));
     let router = Arc::new(Router {
-        link: ShardLink::new(client.clone(), Duration::from_millis(config.limits.request_timeout_ms), &config, local),
+        link: ShardLink::new(
+            ShardCalls {
+                client: client.clone(),
+                local,
+                request_timeout: Duration::from_millis(config.limits.request_timeout_ms),
+            },
+            &config,
+        ),
         ring: config.ring(),
         config,
         account_facts: std::sync::Mutex::new(lru::LruCache::new(
@@ -516,27 +523,39 @@ struct PendingWrite {
 }
 
 /// Requests to shards, with the cluster's timeout: in-process to the shards of a node in
-/// this process, over NATS to the others. Writes to a shard are batched: whatever queued
-/// while earlier messages were out goes in one message.
+/// this process, over NATS to the others.
 #[derive(Clone)]
-struct ShardLink {
+struct ShardCalls {
     client: async_nats::Client,
     local: LocalShards,
     request_timeout: Duration,
+}
+
+/// [`ShardCalls`], with writes to a shard batched: whatever queued while earlier messages
+/// were out goes in one message.
+#[derive(Clone)]
+struct ShardLink {
+    calls: ShardCalls,
     writers: Arc<std::collections::HashMap<ShardId, tokio::sync::mpsc::Sender<PendingWrite>>>,
 }
 
+impl std::ops::Deref for ShardLink {
+    type Target = ShardCalls;
+
+    fn deref(&self) -> &ShardCalls {
+        &self.calls
+    }
+}
+
 impl ShardLink {
-    fn new(client: async_nats::Client, request_timeout: Duration, config: &ClusterConfig, local: LocalShards) -> ShardLink {
+    fn new(calls: ShardCalls, config: &ClusterConfig) -> ShardLink {
         let mut writers = std::collections::HashMap::new();
-        // the batchers only send: the link they get needs no queues of its own
-        let link = ShardLink { client, local, request_timeout, writers: Arc::new(std::collections::HashMap::new()) };
         for shard in &config.shards {
             let (queue, pending) = tokio::sync::mpsc::channel(config.limits.shard_queue_commands_max);
             writers.insert(shard.id, queue);
-            tokio::spawn(batch_writes(link.clone(), shard.id, pending));
+            tokio::spawn(batch_writes(calls.clone(), shard.id, pending));
         }
-        ShardLink { writers: Arc::new(writers), ..link }
+        ShardLink { calls, writers: Arc::new(writers) }
     }
 
     async fn write(&self, shard: ShardId, command: Command) -> ShardReply {
@@ -549,7 +568,9 @@ impl ShardLink {
         }
         answer.await.unwrap_or_else(|_| ShardReply::internal("the write batcher stopped"))
     }
+}
 
+impl ShardCalls {
     async fn send(&self, shard: ShardId, request: &ShardRequest) -> ShardReply {
         self.send_within(self.request_timeout, shard, request).await
     }
@@ -607,7 +628,7 @@ fn late(shard: ShardId) -> ShardReply {
 }
 
 /// Drains one shard's write queue into messages of up to [`WRITE_BATCH_COMMANDS_MAX`].
-async fn batch_writes(link: ShardLink, shard: ShardId, mut pending: tokio::sync::mpsc::Receiver<PendingWrite>) {
+async fn batch_writes(calls: ShardCalls, shard: ShardId, mut pending: tokio::sync::mpsc::Receiver<PendingWrite>) {
     let in_flight = Arc::new(Semaphore::new(WRITE_BATCHES_IN_FLIGHT_MAX));
     let mut batch = Vec::with_capacity(WRITE_BATCH_COMMANDS_MAX);
     loop {
@@ -616,10 +637,10 @@ async fn batch_writes(link: ShardLink, shard: ShardId, mut pending: tokio::sync:
             return;
         }
         let writes = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH_COMMANDS_MAX));
-        let link = link.clone();
+        let calls = calls.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<Command>, Vec<_>) = writes.into_iter().map(|w| (w.command, w.reply)).unzip();
-            let answers = link.write_together(shard, commands).await;
+            let answers = calls.write_together(shard, commands).await;
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }

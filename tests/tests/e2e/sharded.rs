@@ -18,6 +18,11 @@ fn pair_on(ring: &HashRing, tenant: Uuid, shard: ShardId, tag: &str) -> (String,
     (codes.pop().unwrap(), second)
 }
 
+/// A key whose home is `shard`.
+fn key_homed_on(ring: &HashRing, tenant: Uuid, shard: ShardId, tag: &str) -> String {
+    (0..).map(|i| format!("{tag}-{i}")).find(|key| ring.shard_for_key(tenant, key) == shard).unwrap()
+}
+
 /// A key whose home is none of `avoid`.
 fn key_homed_away(ring: &HashRing, tenant: Uuid, avoid: &[ShardId], tag: &str) -> String {
     (0..).map(|i| format!("{tag}-{i}")).find(|key| !avoid.contains(&ring.shard_for_key(tenant, key))).unwrap()
@@ -316,9 +321,8 @@ fn ledger_protocol_subject(shard: ShardId) -> String {
 #[tokio::test]
 async fn a_router_beside_a_node_reaches_its_shards_in_process_and_the_others_over_nats() {
     let cluster = Cluster::start_beside(4).await;
-    let (local, remote): (Vec<ShardId>, Vec<ShardId>) = (0..4).partition(|shard| {
-        cluster.config.node("node-0").unwrap().shards.contains(shard)
-    });
+    let (local, remote): (Vec<ShardId>, Vec<ShardId>) =
+        (0..4).partition(|shard| cluster.config.node("node-0").unwrap().shards.contains(shard));
     assert_eq!((local.len(), remote.len()), (2, 2), "two shards on each node");
     let mut spy = cluster.client.subscribe("ledger.internal.v1.shard.*").await.unwrap();
     cluster.client.flush().await.unwrap();
@@ -329,9 +333,7 @@ async fn a_router_beside_a_node_reaches_its_shards_in_process_and_the_others_ove
     for code in [&near.0, &near.1, &far.0, &far.1] {
         cluster.create_account(code, "LIABILITY", "IDR", true).await;
     }
-    let homed_on = |shard: ShardId, tag: &str| {
-        (0..).map(|i| format!("{tag}-{i}")).find(|key| ring.shard_for_key(cluster.tenant, key) == shard).unwrap()
-    };
+    let homed_on = |shard: ShardId, tag: &str| key_homed_on(&ring, cluster.tenant, shard, tag);
     let near_key = homed_on(local[0], "near");
     let first = cluster.transfer(&near_key, &near.0, &near.1, 40, "IDR").await.ok();
     let again = cluster.transfer(&near_key, &near.0, &near.1, 40, "IDR").await.ok();
