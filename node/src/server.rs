@@ -126,21 +126,25 @@ pub struct RunningNode {
 pub struct LocalShards(Arc<HashMap<u16, Arc<ShardRuntime>>>);
 
 impl LocalShards {
-    pub fn owns(&self, shard_id: u16) -> bool {
-        self.0.contains_key(&shard_id)
+    /// The shard, if this node owns it.
+    pub fn get(&self, shard_id: u16) -> Option<LocalShard<'_>> {
+        self.0.get(&shard_id).map(LocalShard)
     }
+}
 
-    /// What the shard answers to `request`; `None` if this node does not own the shard.
-    pub async fn request(&self, shard_id: u16, request: ShardRequest) -> Option<ShardReply> {
-        let runtime = self.0.get(&shard_id)?;
-        Some(handle(runtime, request).await)
+/// One shard of this process's node.
+pub struct LocalShard<'a>(&'a Arc<ShardRuntime>);
+
+impl LocalShard<'_> {
+    /// What the shard answers to `request`.
+    pub async fn request(&self, request: ShardRequest) -> ShardReply {
+        handle(self.0, request).await
     }
 
     /// One reply per command, in order, committed in one batch as a `WriteBatch` message
-    /// would be; `None` if this node does not own the shard.
-    pub async fn write(&self, shard_id: u16, commands: Vec<Command>) -> Option<Vec<ShardReply>> {
-        let runtime = self.0.get(&shard_id)?;
-        Some(write(runtime, commands).await)
+    /// would be.
+    pub async fn write(&self, commands: Vec<Command>) -> Vec<ShardReply> {
+        write(self.0, commands).await
     }
 }
 

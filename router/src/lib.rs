@@ -27,7 +27,7 @@ use ledger_core::ids::{is_saga_id, shard_of_ledger_id};
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::{HashRing, ShardId};
 use ledger_node::config::ClusterConfig;
-use ledger_node::server::LocalShards;
+use ledger_node::server::{LocalShards, NodeHandles};
 use ledger_protocol::internal::{ClaimAnswer, Redirect, ShardReply, ShardRequest, TransactionLookup};
 use ledger_protocol::request::{
     AccountRef, CreateAccountRequest, EmptyRequest, GetTransactionRequest, PostRequest, ReverseRequest, SetStatusRequest,
@@ -63,9 +63,24 @@ pub async fn run(config: ClusterConfig, shutdown: impl Future<Output = ()>) -> a
     run_beside(config, LocalShards::default(), shutdown).await
 }
 
+/// Runs node `node_name` of `config` and a router beside it in this process (as
+/// `ledger-router --node` does) until `shutdown` resolves: the router reaches that node's
+/// shards in-process, the others over NATS as any router does.
+pub async fn run_with_node(
+    config: ClusterConfig,
+    node_name: &str,
+    handles: NodeHandles,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let node = ledger_node::server::start(&config, node_name, handles).await?;
+    let served = run_beside(config, node.local_shards(), shutdown).await;
+    node.stop().await;
+    served
+}
+
 /// Runs a router in the process of a node whose shards are `local`: requests for those
 /// shards go to them in-process, the others over NATS as from any router.
-pub async fn run_beside(config: ClusterConfig, local: LocalShards, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+async fn run_beside(config: ClusterConfig, local: LocalShards, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let client = async_nats::ConnectOptions::new()
         .name("ledger-router")
         .connect(&config.cluster.nats_url)
@@ -576,12 +591,8 @@ impl ShardCalls {
     }
 
     async fn send_within(&self, timeout: Duration, shard: ShardId, request: &ShardRequest) -> ShardReply {
-        if self.local.owns(shard) {
-            let local = self.local.request(shard, request.clone());
-            return match tokio::time::timeout(timeout, local).await {
-                Ok(reply) => reply.expect("owned shards answer"),
-                Err(_) => late(shard),
-            };
+        if let Some(local) = self.local.get(shard) {
+            return tokio::time::timeout(timeout, local.request(request.clone())).await.unwrap_or_else(|_| late(shard));
         }
         let body = serde_json::to_vec(request).expect("requests serialize");
         let ask = self.client.request(subject::shard_subject(shard), body.into());
@@ -599,11 +610,10 @@ impl ShardCalls {
     /// One reply per command, in order, for commands that go to a shard together.
     async fn write_together(&self, shard: ShardId, commands: Vec<Command>) -> Vec<ShardReply> {
         let count = commands.len();
-        if self.local.owns(shard) {
-            return match tokio::time::timeout(self.request_timeout, self.local.write(shard, commands)).await {
-                Ok(replies) => replies.expect("owned shards answer"),
-                Err(_) => vec![late(shard); count],
-            };
+        if let Some(local) = self.local.get(shard) {
+            return tokio::time::timeout(self.request_timeout, local.write(commands))
+                .await
+                .unwrap_or_else(|_| vec![late(shard); count]);
         }
         let request = if count == 1 {
             ShardRequest::Write { command: Box::new(commands.into_iter().next().expect("one")) }

@@ -32,11 +32,8 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let Some(node_name) = args.node else {
-        return ledger_router::run(config, shutdown).await;
-    };
-    let node = ledger_node::server::start(&config, &node_name, Default::default()).await?;
-    let served = ledger_router::run_beside(config, node.local_shards(), shutdown).await;
-    node.stop().await;
-    served
+    match args.node {
+        None => ledger_router::run(config, shutdown).await,
+        Some(node_name) => ledger_router::run_with_node(config, &node_name, Default::default(), shutdown).await,
+    }
 }

@@ -254,9 +254,7 @@ impl Cluster {
             match beside {
                 None => ledger_router::run(config, shutdown).await.expect("router runs"),
                 Some(node_name) => {
-                    let node = ledger_node::server::start(&config, node_name, handles).await.expect("node starts");
-                    ledger_router::run_beside(config, node.local_shards(), shutdown).await.expect("router runs");
-                    node.stop().await;
+                    ledger_router::run_with_node(config, node_name, handles, shutdown).await.expect("router and node run")
                 }
             }
         });

@@ -28,10 +28,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("router") if args.len() == 4 => {
             let config = ClusterConfig::load(std::path::Path::new(&args[2]))?;
-            let node = ledger_node::server::start(&config, &args[3], Default::default()).await?;
-            let served = ledger_router::run_beside(config, node.local_shards(), shutdown).await;
-            node.stop().await;
-            served
+            ledger_router::run_with_node(config, &args[3], Default::default(), shutdown).await
         }
         _ => anyhow::bail!("usage: ledger-proc node <config> <node-name> | ledger-proc router <config> [<node-name>]"),
     }
