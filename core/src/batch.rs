@@ -300,6 +300,19 @@ pub struct OutboxRow {
     pub created_at: DateTime<Utc>,
 }
 
+impl OutboxRow {
+    /// What the outbox row's columns say of the event (see [`crate::outbox_form`]).
+    pub fn columns(&self) -> crate::outbox_form::EventColumns<'_> {
+        crate::outbox_form::EventColumns {
+            event_id: self.event_id,
+            tenant_id: self.tenant_id,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            event_type: self.event_type,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Writes {
     pub accounts: Vec<NewAccount>,

@@ -15,6 +15,8 @@
 //! - [`batch`]: plans a whole batch of commands against account state: per-command
 //!   outcomes and the rows to write (the group-commit core).
 //! - [`fingerprint`]: request fingerprints for idempotency.
+//! - [`outbox_form`]: how an event is kept in the outbox (less what the row's columns
+//!   say) and put back whole for publishing.
 //! - [`ring`]: the consistent-hash ring that places accounts and keys on shards.
 //! - [`saga`]: cross-shard transactions: legs, clearing entries, the saga state machine.
 
@@ -25,6 +27,7 @@ pub mod currency;
 pub mod fingerprint;
 pub mod ids;
 pub mod money;
+pub mod outbox_form;
 pub mod rejection;
 pub mod ring;
 pub mod saga;

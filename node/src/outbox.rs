@@ -1,9 +1,12 @@
 //! The outbox relay: publishes each shard's committed events to the JetStream stream
 //! `LEDGER_EVENTS`, at least once, with `Nats-Msg-Id` = the event id so that JetStream
-//! drops the duplicates a crash between publish and mark can cause.
+//! drops the duplicates a crash between publish and mark can cause. Events are stored
+//! less what the outbox row's columns say (`ledger_core::outbox_form`) and published whole.
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
+use ledger_core::outbox_form::{EventColumns, published_payload};
 use ledger_protocol::subject::{EVENTS_STREAM, EVENTS_SUBJECTS, events_subject};
+use serde_json::Value;
 use sqlx::{PgPool, Row};
 use std::time::Duration;
 use tracing::warn;
@@ -43,7 +46,7 @@ async fn relay_once(js: &jetstream::Context, pool: &PgPool) -> anyhow::Result<us
     // event_seq index from the very first event on every round.
     let cursor: i64 = sqlx::query_scalar("select last_published_event_seq from ledger_outbox_cursor").fetch_one(pool).await?;
     let rows = sqlx::query(
-        "select event_seq, outbox_id, tenant_id, event_type, payload::text
+        "select event_seq, outbox_id, tenant_id, event_type, aggregate_type, aggregate_id, payload::text
          from ledger_outbox where event_seq > $1 order by event_seq limit $2",
     )
     .bind(cursor)
@@ -57,8 +60,13 @@ async fn relay_once(js: &jetstream::Context, pool: &PgPool) -> anyhow::Result<us
         let id: Uuid = row.try_get(1)?;
         let tenant_id: Uuid = row.try_get(2)?;
         let event_type: String = row.try_get(3)?;
-        let payload: String = row.try_get(4)?;
-        let message = PublishMessage::build().message_id(id.to_string()).payload(payload.into_bytes().into());
+        let aggregate_type: String = row.try_get(4)?;
+        let aggregate_id: Uuid = row.try_get(5)?;
+        let stored: Value = serde_json::from_str(row.try_get(6)?)?;
+        let columns =
+            EventColumns { event_id: id, tenant_id, aggregate_type: &aggregate_type, aggregate_id, event_type: &event_type };
+        let event = serde_json::to_vec(&published_payload(columns, stored))?;
+        let message = PublishMessage::build().message_id(id.to_string()).payload(event.into());
         let ack = js
             .send_publish(events_subject(tenant_id, &event_type), message)
             .await
