@@ -30,6 +30,15 @@ psql_admin() { psql "$PG/postgres" -v ON_ERROR_STOP=1 -qtA "$@"; }
   echo "postgres: $(psql_admin -c 'show server_version') shared_buffers=$(psql_admin -c 'show shared_buffers') max_wal_size=$(psql_admin -c 'show max_wal_size') checkpoint_timeout=$(psql_admin -c 'show checkpoint_timeout') synchronous_commit=$(psql_admin -c 'show synchronous_commit') fsync=$(psql_admin -c 'show fsync') full_page_writes=$(psql_admin -c 'show full_page_writes') wal_init_zero=$(psql_admin -c 'show wal_init_zero') wal_compression=$(psql_admin -c 'show wal_compression')"
   echo "nats-server serving $LEDGER_NATS_URL: v$(python3 -c 'import json,socket,sys; u=sys.argv[1].split("//")[-1]; h,p=u.rsplit(":",1); s=socket.create_connection((h,int(p))); print(json.loads(s.recv(65536).decode().split(" ",1)[1])["version"])' "$LEDGER_NATS_URL")"
   echo "kernel writeback: dirty_background_ratio=$(cat /proc/sys/vm/dirty_background_ratio) dirty_ratio=$(cat /proc/sys/vm/dirty_ratio) dirty_expire_centisecs=$(cat /proc/sys/vm/dirty_expire_centisecs); disk scheduler of the data directory's device: $(cat "/sys/block/$(basename "$(findmnt -no SOURCE -T /var/lib/postgresql 2>/dev/null || echo none)")/queue/scheduler" 2>/dev/null || echo unknown)"
+  # the same machine class is not always as fast: a fixed piece of CPU work, timed, lets
+  # runs of different days be compared (best of three)
+  echo "cpu check: $(python3 -c 'import time
+best = 1e9
+for _ in range(3):
+    t = time.perf_counter(); s = 0
+    for i in range(10_000_000): s += i
+    best = min(best, time.perf_counter() - t)
+print(f"{best:.2f} s for 10,000,000 additions in a Python loop")')"
   echo "accounts: $ACCOUNTS, seconds per phase: $SECONDS_PER_PHASE"
 } | tee "$OUT/machine.txt"
 
