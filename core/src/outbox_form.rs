@@ -18,8 +18,8 @@
 //! - each entry `{"account_id", "side", "amount_minor", "currency"}` of a transaction event
 //!   becomes the array `[account_id, side, amount_minor, currency]`.
 //!
-//! A stored payload that still holds `event_id` (rows written before this form) is
-//! published as it is.
+//! A stored payload that still holds `event_id` (rows written before this form, or an
+//! event whose id is not the row's, which is stored whole) is published as it is.
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -65,6 +65,10 @@ fn holds_uuid(value: Option<&Value>, id: Uuid) -> bool {
 /// The payload to store for an event whose published form is `event`.
 pub fn stored_payload(columns: EventColumns<'_>, event: &Value) -> Value {
     let Some(fields) = event.as_object() else { return event.clone() };
+    // without its own id the compact form could not be told from a payload stored whole
+    if !holds_uuid(fields.get("event_id"), columns.event_id) {
+        return event.clone();
+    }
     let mut stored = Map::with_capacity(fields.len());
     for (key, value) in fields {
         let implied = match key.as_str() {
@@ -217,6 +221,15 @@ mod tests {
         let stored = stored_payload(cols, &event);
         assert_eq!(stored, json!({"from": "ACTIVE", "to": "FROZEN", "actor": "ops", "changed_at": "2026-11-22T10:00:00Z"}));
         assert_eq!(published_payload(cols, stored), event);
+    }
+
+    #[test]
+    fn an_event_whose_id_is_not_the_rows_is_stored_whole() {
+        let cols = columns("transaction.posted", "transaction", Uuid::from_u128(0x1d));
+        let mut event = posted_event(Value::Null, Value::Null);
+        event["event_id"] = json!(Uuid::from_u128(0xe2));
+        assert_eq!(stored_payload(cols, &event), event);
+        assert_eq!(published_payload(cols, stored_payload(cols, &event)), event);
     }
 
     #[test]
