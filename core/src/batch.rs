@@ -17,6 +17,7 @@ use crate::command::{
 use crate::currency::Currency;
 use crate::ids::IdSource;
 use crate::money::Side;
+use crate::outbox_form;
 use crate::rejection::Rejection;
 use crate::saga::{
     CLEARING_ACCOUNT_TYPE, LegEntry, SagaRecord, SagaState, StepAction, StepPhase, TX_TYPE_SAGA_COMPENSATION,
@@ -296,14 +297,15 @@ pub struct OutboxRow {
     pub aggregate_type: &'static str,
     pub aggregate_id: Uuid,
     pub event_type: &'static str,
+    /// The event in its stored form: less what the columns above say ([`outbox_form`]).
     pub payload: Value,
     pub created_at: DateTime<Utc>,
 }
 
 impl OutboxRow {
     /// What the outbox row's columns say of the event (see [`crate::outbox_form`]).
-    pub fn columns(&self) -> crate::outbox_form::EventColumns<'_> {
-        crate::outbox_form::EventColumns {
+    pub fn columns(&self) -> outbox_form::EventColumns<'_> {
+        outbox_form::EventColumns {
             event_id: self.event_id,
             tenant_id: self.tenant_id,
             aggregate_type: self.aggregate_type,
@@ -473,8 +475,6 @@ impl<I: IdSource> Planner<'_, I> {
         self.snapshot.accounts.insert(command.account_id, state);
         self.writes.accounts.push(NewAccount { command: command.clone(), created_at: self.now() });
         let payload = json!({
-            "account_id": command.account_id,
-            "tenant_id": command.tenant_id,
             "code": command.code,
             "type": command.account_type,
             "currency": command.currency,
@@ -521,8 +521,6 @@ impl<I: IdSource> Planner<'_, I> {
             changed_at: now,
         });
         let payload = json!({
-            "account_id": command.account_id,
-            "tenant_id": command.tenant_id,
             "from": from,
             "to": command.status,
             "actor": command.actor,
@@ -1264,15 +1262,10 @@ impl<I: IdSource> Planner<'_, I> {
                 created_at: now,
             });
         }
-        let event_entries: Vec<Value> = tx
-            .entries
-            .iter()
-            .map(|e| json!({"account_id": e.account_id, "side": e.side, "amount_minor": e.amount_minor, "currency": e.currency}))
-            .collect();
+        let event_entries: Vec<Value> =
+            tx.entries.iter().map(|e| outbox_form::stored_entry(e.account_id, e.side, e.amount_minor, e.currency)).collect();
         let event_type = if tx.reverses_ledger_tx_id.is_some() { "transaction.reversed" } else { "transaction.posted" };
         let payload = json!({
-            "ledger_tx_id": ledger_tx_id,
-            "tenant_id": tx.tenant_id,
             "type": tx.tx_type,
             "commit_seq": commit_seq,
             "occurred_at": occurred_at,
@@ -1295,8 +1288,7 @@ impl<I: IdSource> Planner<'_, I> {
         mut payload: Value,
     ) {
         let event_id = self.ids.ledger_id(self.now(), self.input.shard_id);
-        payload["event_id"] = json!(event_id);
-        payload["event_type"] = json!(event_type);
+        outbox_form::drop_null_keys(event_type, &mut payload);
         self.writes.outbox.push(OutboxRow {
             event_id,
             tenant_id,
@@ -1743,6 +1735,61 @@ mod tests {
         let outcomes = shard.run(&[reverse("r3", reversal.ledger_tx_id), reverse("r4", Uuid::from_u128(9))]);
         let codes: Vec<_> = outcomes.iter().map(code_of).collect();
         assert_eq!(codes, ["INVALID_REQUEST", "TRANSACTION_NOT_FOUND"]);
+    }
+
+    #[test]
+    fn events_are_stored_less_their_columns_and_published_whole() {
+        let mut shard = setup();
+        let created = &shard.writes_of_last_run.outbox[0];
+        let alice = crate::ids::account_id(TENANT, "alice");
+        let cash = crate::ids::account_id(TENANT, "cash");
+        assert_eq!(
+            outbox_form::published_payload(created.columns(), created.payload.clone()),
+            json!({
+                "event_id": created.event_id, "event_type": "account.created", "tenant_id": TENANT,
+                "account_id": cash, "code": "cash", "type": "ASSET", "currency": "IDR", "allow_negative": false,
+                "created_at": at(1),
+            })
+        );
+        let outcomes = shard.run(&[transfer("t", "credit", "alice", 70), status("bob", AccountStatus::Frozen)]);
+        let Outcome::Posted(posted) = &outcomes[0] else { panic!("posted") };
+        let tx = &shard.writes_of_last_run.transactions[0];
+        let [transfer_event, frozen_event] = &shard.writes_of_last_run.outbox[..] else { panic!("two events") };
+        assert_eq!(
+            transfer_event.payload,
+            json!({
+                "type": "TRANSFER", "commit_seq": tx.commit_seq, "occurred_at": at(2), "posted_at": at(2),
+                "entries": [[crate::ids::account_id(TENANT, "credit"), "DEBIT", 70, "IDR"], [alice, "CREDIT", 70, "IDR"]],
+            }),
+            "stored without the row's columns and null references, entries as arrays"
+        );
+        assert_eq!(
+            outbox_form::published_payload(transfer_event.columns(), transfer_event.payload.clone()),
+            json!({
+                "event_id": transfer_event.event_id, "event_type": "transaction.posted", "tenant_id": TENANT,
+                "ledger_tx_id": posted.ledger_tx_id, "type": "TRANSFER", "commit_seq": tx.commit_seq,
+                "occurred_at": at(2), "posted_at": at(2),
+                "reverses_ledger_tx_id": null, "external_ref": null, "business_ref": null,
+                "entries": [
+                    {"account_id": crate::ids::account_id(TENANT, "credit"), "side": "DEBIT", "amount_minor": 70, "currency": "IDR"},
+                    {"account_id": alice, "side": "CREDIT", "amount_minor": 70, "currency": "IDR"},
+                ],
+            })
+        );
+        assert_eq!(
+            outbox_form::published_payload(frozen_event.columns(), frozen_event.payload.clone()),
+            json!({
+                "event_id": frozen_event.event_id, "event_type": "account.status_changed", "tenant_id": TENANT,
+                "account_id": crate::ids::account_id(TENANT, "bob"), "from": "ACTIVE", "to": "FROZEN", "actor": "ops",
+                "reason_code": null, "changed_at": at(2),
+            })
+        );
+        shard.run(&[reverse("r", posted.ledger_tx_id)]);
+        let reversal = &shard.writes_of_last_run.outbox[0];
+        let published = outbox_form::published_payload(reversal.columns(), reversal.payload.clone());
+        assert_eq!(published["event_type"], "transaction.reversed");
+        assert_eq!(published["reverses_ledger_tx_id"], json!(posted.ledger_tx_id));
+        assert_eq!(published["entries"][0]["side"], "CREDIT");
     }
 
     #[test]

@@ -13,7 +13,6 @@ use ledger_core::currency::Currency;
 use ledger_core::fingerprint::attributes_digest;
 use ledger_core::ids::is_saga_id;
 use ledger_core::money::{AccountType, Side};
-use ledger_core::outbox_form;
 use ledger_core::saga::{SagaKind, SagaRecord, SagaState};
 use ledger_protocol::internal::StatementQuery;
 use ledger_protocol::reply::{
@@ -437,7 +436,7 @@ pub async fn write_batch(
         .bind(o.iter().map(|e| e.aggregate_type).collect::<Vec<_>>())
         .bind(o.iter().map(|e| e.aggregate_id).collect::<Vec<_>>())
         .bind(o.iter().map(|e| e.event_type).collect::<Vec<_>>())
-        .bind(o.iter().map(|e| outbox_form::stored_payload(e.columns(), &e.payload).to_string()).collect::<Vec<_>>())
+        .bind(o.iter().map(|e| e.payload.to_string()).collect::<Vec<_>>())
         .bind(o.iter().map(|e| e.created_at).collect::<Vec<_>>())
         // external references and reversals
         .bind(x.iter().map(|r| r.tenant_id).collect::<Vec<_>>())
