@@ -85,8 +85,9 @@ start_cluster_apart() { # config, shards: a node process and a router process
   "$BIN/ledger-router" --config "$1" >"$OUT/router-$2.log" 2>&1 & ROUTER_PID=$!
   for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
 }
+SAMPLER_PID=""
 stop_cluster() { kill $ROUTER_PID $NODE_PID 2>/dev/null || true; wait $ROUTER_PID $NODE_PID 2>/dev/null || true; }
-trap stop_cluster EXIT
+trap 'stop_cluster; [ -z "$SAMPLER_PID" ] || kill "$SAMPLER_PID" 2>/dev/null || true' EXIT
 
 load() { # name, extra args...
   local name="$1"; shift
@@ -104,10 +105,16 @@ for shards in $SHARD_COUNTS; do
   TENANT="$(python3 -c 'import uuid; print(uuid.uuid4())')"
   "$BIN/ledger-load" --nats "$LEDGER_NATS_URL" --tenant "$TENANT" --accounts "$ACCOUNTS" --setup-only --quiet |
     tee -a "$OUT/summary.txt"
+  largest=""; [ "$shards" = "$(echo $SHARD_COUNTS | awk '{print $NF}')" ] && largest=1
+  if [ -n "$largest" ]; then
+    # CPU per process group and PostgreSQL's commits and WAL syncs, every second, for the
+    # diagnosis lines after the runs (scripts/host_sample.py)
+    python3 scripts/host_sample.py record "$OUT/host-s$shards.csv" "$PG/postgres" "ledger_bench_${shards}_" & SAMPLER_PID=$!
+  fi
   load "uniform-s$shards-home" --concurrency 1024 --keys home
   uniform=$(rate_of "uniform-s$shards-home")
   [ "$uniform" -gt "$best_ours" ] && best_ours="$uniform"
-  if [ "$shards" = "$(echo $SHARD_COUNTS | awk '{print $NF}')" ]; then
+  if [ -n "$largest" ]; then
     load "uniform-s$shards-random" --concurrency 1024 --keys random
     load "hot-s$shards-home" --concurrency 1024 --keys home --workload hot --hot-accounts 10 --hot-share 0.9
     # cross-shard transfers run as sagas: one in ten, then all of them
@@ -127,6 +134,12 @@ for shards in $SHARD_COUNTS; do
     start_cluster_apart "$config" "$shards"
     load "uniform-s$shards-home-apart" --concurrency 1024 --keys home
     load "open-s$shards-home-apart" --mode open --rate "$half" --concurrency 8192 --keys home
+    kill "$SAMPLER_PID"; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
+    echo "where the CPU went and what commits cost, per phase on $shards shards:" | tee -a "$OUT/summary.txt"
+    for phase in uniform-s$shards-home uniform-s$shards-random hot-s$shards-home cross10-s$shards-home cross100-s$shards \
+                 open-s$shards-home uniform-s$shards-home-apart open-s$shards-home-apart; do
+      python3 scripts/host_sample.py summarize "$OUT/host-s$shards.csv" "$OUT/$phase.json" | sed 's/^/  /' | tee -a "$OUT/summary.txt"
+    done
   fi
   stop_cluster
 done

@@ -315,6 +315,9 @@ async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, 
     let tally = Arc::new(Tally::new(args.duration_s.ceil() as usize));
     let bar = progress((args.warmup_s + args.duration_s).ceil() as u64, &name, args.quiet);
     let begin = Instant::now();
+    let measured_from_unix_s = (std::time::SystemTime::now() + warmup)
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
     let start = begin + warmup;
     let end = start + measured;
     let ticker = {
@@ -386,6 +389,7 @@ async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, 
         offered_per_s: rate,
         accepted_per_s: ok as f64 / args.duration_s,
         seconds: args.duration_s,
+        measured_from_unix_s,
         ok,
         rejected: tally.rejected.lock().await.clone(),
         transport_errors: tally.transport_errors.load(Ordering::Relaxed),

@@ -38,6 +38,9 @@ pub struct Phase {
     pub offered_per_s: Option<f64>,
     pub accepted_per_s: f64,
     pub seconds: f64,
+    /// Wall-clock start of the measured window (after the warm-up), in seconds since the
+    /// Unix epoch: lets host samples taken beside the run be matched to the phase.
+    pub measured_from_unix_s: f64,
     pub ok: u64,
     pub rejected: BTreeMap<String, u64>,
     pub transport_errors: u64,

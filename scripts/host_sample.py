@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Where the two cores went during a benchmark phase, and what PostgreSQL's commits cost.
+
+  host_sample.py record SAMPLES.csv PG_URL DB_PREFIX   # every second until SIGTERM
+  host_sample.py summarize SAMPLES.csv RESULT.json     # one line per phase of RESULT.json
+
+`record` reads, once a second: CPU time per process group (/proc/<pid>/stat), the host's
+idle time (/proc/stat), the commits of the databases whose name starts with DB_PREFIX
+(pg_stat_database) and PostgreSQL's WAL: syncs, the time spent in them (needs
+`track_wal_io_timing=on`), bytes and full-page images (pg_stat_wal, server-wide). `summarize` matches the samples to each phase's
+measured window (`measured_from_unix_s`, `seconds` in ledger-load's JSON) and prints the
+averages: whether a phase was bound by CPU, how many transfers each commit carried, and
+how long each WAL sync held up the commits behind it. Standard library only.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+GROUPS = ("postgres", "ledger-router", "ledger-node", "nats-server", "ledger-load")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks_by_group():
+    ticks = dict.fromkeys(GROUPS + ("other",), 0)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # the process ended between listdir and open
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used = int(fields[11]) + int(fields[12])  # utime + stime
+        group = next((g for g in GROUPS if comm.startswith(g[:15])), "other")
+        ticks[group] += used
+    return ticks
+
+
+def idle_ticks():
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    return int(fields[3]) + int(fields[4])  # idle + iowait
+
+
+def postgres_counters(pg_url, db_prefix):
+    query = (
+        "select (select coalesce(sum(xact_commit), 0) from pg_stat_database where datname like '"
+        + db_prefix.replace("'", "''")
+        + "%'), wal_sync, wal_sync_time, wal_bytes, wal_fpi from pg_stat_wal"
+    )
+    try:
+        out = subprocess.run(["psql", pg_url, "-qtAX", "-F", ",", "-c", query], capture_output=True, text=True, timeout=5)
+        commits, syncs, sync_ms, wal_bytes, fpi = out.stdout.strip().split(",")
+        return int(commits), int(syncs), float(sync_ms), int(wal_bytes), int(fpi)
+    except (subprocess.SubprocessError, ValueError):
+        return None, None, None, None, None
+
+
+def record(path, pg_url, db_prefix):
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    with open(path, "w") as out:
+        out.write("unix_s,idle_ticks," + ",".join(GROUPS) + ",other,commits,wal_syncs,wal_sync_ms,wal_bytes,wal_fpi\n")
+        while not stop:
+            started = time.time()
+            ticks = cpu_ticks_by_group()
+            counters = postgres_counters(pg_url, db_prefix)
+            row = [f"{started:.3f}", str(idle_ticks())] + [str(ticks[g]) for g in GROUPS + ("other",)]
+            row += ["" if c is None else str(c) for c in counters]
+            out.write(",".join(row) + "\n")
+            out.flush()
+            time.sleep(max(0.0, 1.0 - (time.time() - started)))
+
+
+def summarize(path, result_path):
+    with open(path) as f:
+        header = f.readline().strip().split(",")
+        samples = [dict(zip(header, line.strip().split(","))) for line in f if line.strip()]
+    with open(result_path) as f:
+        phases = json.load(f)["phases"]
+    for phase in phases:
+        begin = phase.get("measured_from_unix_s")
+        if not begin:
+            continue
+        end = begin + phase["seconds"]
+        inside = [s for s in samples if begin <= float(s["unix_s"]) <= end]
+        if len(inside) < 2:
+            print(f"{phase['name']}: too few host samples")
+            continue
+        first, last = inside[0], inside[-1]
+        seconds = float(last["unix_s"]) - float(first["unix_s"])
+        cores = lambda key: (int(last[key]) - int(first[key])) / TICKS / seconds  # noqa: E731
+        used = "  ".join(f"{g} {cores(g):.2f}" for g in GROUPS + ("other",) if cores(g) >= 0.005)
+        line = f"{phase['name']}: cores used: {used}; idle {cores('idle_ticks'):.2f}"
+        if first["commits"] and last["commits"]:
+            commits = (int(last["commits"]) - int(first["commits"])) / seconds
+            syncs = (int(last["wal_syncs"]) - int(first["wal_syncs"])) / seconds
+            sync_ms = float(last["wal_sync_ms"]) - float(first["wal_sync_ms"])
+            per_sync = sync_ms / max(syncs * seconds, 1)
+            line += f"; PostgreSQL: {commits:.0f} commits/s (relay rounds included), {phase['accepted_per_s'] / max(commits, 1):.1f} transfers per commit, "
+            line += f"{syncs:.0f} WAL syncs/s" + (f" at {per_sync:.2f} ms each" if sync_ms > 0 else "")
+            wal_bytes = int(last["wal_bytes"]) - int(first["wal_bytes"])
+            fpi = int(last["wal_fpi"]) - int(first["wal_fpi"])
+            transfers = max(phase["accepted_per_s"] * seconds, 1)
+            line += f", WAL {wal_bytes / transfers / 1024:.1f} kB per transfer ({fpi / transfers:.2f} full-page images)"
+        print(line)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "record":
+        record(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) == 4 and sys.argv[1] == "summarize":
+        summarize(sys.argv[2], sys.argv[3])
+    else:
+        sys.exit(__doc__)
