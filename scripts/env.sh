@@ -99,7 +99,7 @@ ensure_rust() {
 # wal_init_zero=off: a new WAL segment is otherwise written full of zeroes (16 MB) and
 # synced by the backend that needs it, while every other commit of the server waits for
 # the WAL write lock; at ~15 MB/s of WAL that was a 50-100 ms stall about once a second
-# (docs/BENCHMARKS.md section 2). Commits still fdatasync: durability does not change.
+# (docs/BENCHMARKS.md section 3). Commits still fdatasync: durability does not change.
 tune_postgres() {
   local want="shared_buffers=2GB max_wal_size=4GB min_wal_size=1GB checkpoint_timeout=15min wal_buffers=16MB wal_init_zero=off track_wal_io_timing=on synchronous_commit=on fsync=on full_page_writes=on"
   local setting name value changed=""
