@@ -100,6 +100,8 @@ ensure_rust() {
 # synced by the backend that needs it, while every other commit of the server waits for
 # the WAL write lock; at ~15 MB/s of WAL that was a 50-100 ms stall about once a second
 # (docs/BENCHMARKS.md section 3). Commits still fdatasync: durability does not change.
+# track_wal_io_timing=on: the time of each WAL sync, for the benchmark's diagnosis lines
+# (scripts/host_sample.py); it costs two clock reads per WAL write.
 tune_postgres() {
   local want="shared_buffers=2GB max_wal_size=4GB min_wal_size=1GB checkpoint_timeout=15min wal_buffers=16MB wal_init_zero=off track_wal_io_timing=on synchronous_commit=on fsync=on full_page_writes=on"
   local setting name value changed=""
