@@ -94,7 +94,10 @@ def summarize(path, result_path):
             continue
         first, last = inside[0], inside[-1]
         seconds = float(last["unix_s"]) - float(first["unix_s"])
-        cores = lambda key: (int(last[key]) - int(first[key])) / TICKS / seconds  # noqa: E731
+
+        def cores(key):
+            return (int(last[key]) - int(first[key])) / TICKS / seconds
+
         used = "  ".join(f"{g} {cores(g):.2f}" for g in GROUPS + ("other",) if cores(g) >= 0.005)
         line = f"{phase['name']}: cores used: {used}; idle {cores('idle_ticks'):.2f}"
         if first["commits"] and last["commits"]:
@@ -102,7 +105,8 @@ def summarize(path, result_path):
             syncs = (int(last["wal_syncs"]) - int(first["wal_syncs"])) / seconds
             sync_ms = float(last["wal_sync_ms"]) - float(first["wal_sync_ms"])
             per_sync = sync_ms / max(syncs * seconds, 1)
-            line += f"; PostgreSQL: {commits:.0f} commits/s (relay rounds included), {phase['accepted_per_s'] / max(commits, 1):.1f} transfers per commit, "
+            per_commit = f"{phase['accepted_per_s'] / commits:.1f}" if commits else "no"
+            line += f"; PostgreSQL: {commits:.0f} commits/s (relay rounds included), {per_commit} transfers per commit, "
             line += f"{syncs:.0f} WAL syncs/s" + (f" at {per_sync:.2f} ms each" if sync_ms > 0 else "")
             wal_bytes = int(last["wal_bytes"]) - int(first["wal_bytes"])
             fpi = int(last["wal_fpi"]) - int(first["wal_fpi"])
