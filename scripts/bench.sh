@@ -62,7 +62,7 @@ psql_admin -c "drop database if exists ledger_bench_naive with (force)"
 # ---- the cluster ------------------------------------------------------------------------
 config_for() { # shards -> path of a bench config with fresh databases
   local shards="$1" file="$OUT/cluster-$1.toml" ids=""
-  printf '[cluster]\nname = "bench-%s"\nnats_url = "%s"\n[ring]\nvirtual_nodes_per_shard = 128\n[limits]\nbatch_commands_max = 512\n' \
+  printf '[cluster]\nname = "bench-%s"\nnats_url = "%s"\n[ring]\nvirtual_nodes_per_shard = 128\n[limits]\nbatch_commands_max = 512\nbatches_in_flight_per_database_server = 2\n' \
     "$shards" "$LEDGER_NATS_URL" >"$file"
   for i in $(seq 0 $((shards - 1))); do
     psql_admin -c "drop database if exists ledger_bench_${shards}_s$i with (force)"

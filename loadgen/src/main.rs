@@ -315,9 +315,8 @@ async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, 
     let tally = Arc::new(Tally::new(args.duration_s.ceil() as usize));
     let bar = progress((args.warmup_s + args.duration_s).ceil() as u64, &name, args.quiet);
     let begin = Instant::now();
-    let measured_from_unix_s = (std::time::SystemTime::now() + warmup)
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64());
+    let measured_from_unix_s =
+        (std::time::SystemTime::now() + warmup).duration_since(std::time::UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64());
     let start = begin + warmup;
     let end = start + measured;
     let ticker = {

@@ -63,6 +63,12 @@ pub struct Limits {
     /// decided, or else `REQUEST_ABANDONED` (router/src/claims.rs). Must exceed
     /// `request_timeout_ms`, so that no request a router still waits for is abandoned.
     pub claim_abandon_after_ms: u64,
+    /// Most shard writers of one node that write a batch to the same PostgreSQL server
+    /// (host and port) at once; absent means no limit. About the server's cores: a writer
+    /// that waits for its turn keeps taking commands, so its next batch is larger, and
+    /// the server spends less CPU per transfer than on many small concurrent commits
+    /// (docs/BENCHMARKS.md, section 1).
+    pub batches_in_flight_per_database_server: Option<usize>,
 }
 
 impl Default for Limits {
@@ -76,6 +82,7 @@ impl Default for Limits {
             saga_resume_after_ms: 10_000,
             saga_recovery_interval_ms: 1_000,
             claim_abandon_after_ms: 600_000,
+            batches_in_flight_per_database_server: None,
         }
     }
 }
@@ -152,6 +159,9 @@ impl ClusterConfig {
             if value == 0 {
                 return fail(key, "must be greater than 0");
             }
+        }
+        if limits.batches_in_flight_per_database_server == Some(0) {
+            return fail("limits.batches_in_flight_per_database_server", "must be greater than 0 (leave it out for no limit)");
         }
         if limits.claim_abandon_after_ms <= limits.request_timeout_ms {
             return fail("limits.claim_abandon_after_ms", "must be greater than limits.request_timeout_ms");
@@ -242,6 +252,9 @@ shards = [0, 1]
         let config = ClusterConfig::parse(GOOD, "t.toml").unwrap();
         assert_eq!(config.ring().shards(), &[0, 1]);
         assert_eq!(config.limits.batch_commands_max, Limits::default().batch_commands_max);
+        assert_eq!(config.limits.batches_in_flight_per_database_server, None);
+        let limited = format!("{GOOD}\n[limits]\nbatches_in_flight_per_database_server = 2\n");
+        assert_eq!(ClusterConfig::parse(&limited, "t.toml").unwrap().limits.batches_in_flight_per_database_server, Some(2));
     }
 
     #[test]
@@ -255,6 +268,10 @@ shards = [0, 1]
             (GOOD.replace("postgres://postgres@127.0.0.1/b", "mysql://x"), "shards[1].database_url"),
             (format!("{GOOD}\n[limits]\nbatch_commands_max = 0\n"), "limits.batch_commands_max"),
             (format!("{GOOD}\n[limits]\nclaim_abandon_after_ms = 5000\n"), "limits.claim_abandon_after_ms"),
+            (
+                format!("{GOOD}\n[limits]\nbatches_in_flight_per_database_server = 0\n"),
+                "limits.batches_in_flight_per_database_server",
+            ),
         ];
         for (text, key) in cases {
             let error = ClusterConfig::parse(&text, "t.toml").unwrap_err().to_string();

@@ -69,13 +69,25 @@ pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_shard(config: &ClusterConfig, shard: &ShardConfig, faults: Arc<FaultHooks>) -> anyhow::Result<Arc<ShardRuntime>> {
+/// The PostgreSQL server a shard's database lives on, as far as its URL tells.
+fn database_server(database_url: &str) -> anyhow::Result<(String, u16)> {
+    let options = PgConnectOptions::from_str(database_url).context("parse database_url")?;
+    Ok((options.get_host().to_owned(), options.get_port()))
+}
+
+async fn start_shard(
+    config: &ClusterConfig,
+    shard: &ShardConfig,
+    server_gate: Option<Arc<Semaphore>>,
+    faults: Arc<FaultHooks>,
+) -> anyhow::Result<Arc<ShardRuntime>> {
     ensure_database(&shard.database_url).await?;
     let args = ShardArgs {
         shard_id: shard.id,
         database_url: shard.database_url.clone(),
         batch_commands_max: config.limits.batch_commands_max,
         account_cache_max: config.limits.account_cache_max,
+        server_gate,
         faults,
     };
     let writers = Arc::new(WriterSlot::default());
@@ -160,10 +172,20 @@ pub async fn start(config: &ClusterConfig, node_name: &str, handles: NodeHandles
     outbox::ensure_stream(&client).await?;
     let mut tasks = Vec::new();
     let mut runtimes = HashMap::new();
+    let mut server_gates: HashMap<(String, u16), Arc<Semaphore>> = HashMap::new();
     for shard_id in &node.shards {
         let shard = config.shard(*shard_id).expect("config checked");
         let faults = handles.faults.get(shard_id).cloned().unwrap_or_default();
-        let runtime = start_shard(config, shard, faults).await?;
+        let server_gate = match config.limits.batches_in_flight_per_database_server {
+            None => None,
+            Some(turns) => Some(
+                server_gates
+                    .entry(database_server(&shard.database_url)?)
+                    .or_insert_with(|| Arc::new(Semaphore::new(turns)))
+                    .clone(),
+            ),
+        };
+        let runtime = start_shard(config, shard, server_gate, faults).await?;
         let subscription = client
             .subscribe(ledger_protocol::subject::shard_subject(*shard_id))
             .await

@@ -8,6 +8,12 @@
 //! the plan in one database transaction, commits, and only then updates the cache and
 //! replies. Nothing waits idly for a batch to fill.
 //!
+//! Shards on one PostgreSQL server share its cores. With
+//! `limits.batches_in_flight_per_database_server`, a writer whose server already runs that
+//! many of this node's batches waits for a turn before its `Flush`, still taking commands
+//! meanwhile, so that it then writes them together: fewer, larger commits for the same
+//! load. That wait is for the server, never for more commands.
+//!
 //! Fencing: the writer's connection holds a session advisory lock on the shard, and each
 //! batch advances the shard watermark guarded by its previous value. A second writer
 //! cannot take the lock, and a writer that lost it cannot commit.
@@ -26,6 +32,7 @@ use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -47,7 +54,8 @@ pub struct OwnedElsewhere(pub u16);
 pub enum ShardMsg {
     /// Writes that arrived together: they enter the pending batch together.
     Write(Vec<(Command, RpcReplyPort<WriteResult>)>),
-    Flush,
+    /// Write the pending commands; holds the server gate's turn, if there is a gate.
+    Flush(Option<OwnedSemaphorePermit>),
     /// Recompute the balance projection from the journal (an operator's repair), between
     /// two batches; answers with the ids of the rows it rewrote.
     RebuildBalances(RpcReplyPort<Result<Vec<Uuid>, WriteFailure>>),
@@ -68,6 +76,8 @@ pub struct ShardArgs {
     pub database_url: String,
     pub batch_commands_max: usize,
     pub account_cache_max: usize,
+    /// Shared by the node's writers of shards on the same PostgreSQL server.
+    pub server_gate: Option<Arc<Semaphore>>,
     pub faults: Arc<FaultHooks>,
 }
 
@@ -80,6 +90,7 @@ pub struct ShardState {
     pending: Vec<(Command, RpcReplyPort<WriteResult>)>,
     flush_scheduled: bool,
     batch_commands_max: usize,
+    server_gate: Option<Arc<Semaphore>>,
     faults: Arc<FaultHooks>,
     ids: RandomIds,
 }
@@ -115,6 +126,7 @@ impl Actor for ShardActor {
             pending: Vec::with_capacity(args.batch_commands_max),
             flush_scheduled: false,
             batch_commands_max: args.batch_commands_max,
+            server_gate: args.server_gate,
             faults: args.faults,
             ids: RandomIds::default(),
         })
@@ -142,7 +154,7 @@ impl Actor for ShardActor {
                 state.pending.extend(writes);
                 if !state.flush_scheduled {
                     state.flush_scheduled = true;
-                    myself.cast(ShardMsg::Flush)?;
+                    schedule_flush(&myself, state.server_gate.as_ref())?;
                 }
             }
             ShardMsg::RebuildBalances(reply) => {
@@ -157,22 +169,48 @@ impl Actor for ShardActor {
                     return Err(format!("shard {} writer fenced off", state.shard_id).into());
                 }
             }
-            ShardMsg::Flush => {
+            ShardMsg::Flush(turn) => {
                 if state.faults.crash_writer.swap(false, Ordering::SeqCst) {
                     return Err(format!("shard {} writer: injected crash", state.shard_id).into());
                 }
                 state.flush_scheduled = false;
                 let take = state.pending.len().min(state.batch_commands_max);
                 let batch: Vec<_> = state.pending.drain(..take).collect();
-                if !state.pending.is_empty() {
-                    state.flush_scheduled = true;
-                    myself.cast(ShardMsg::Flush)?;
-                }
+                let more = !state.pending.is_empty();
                 state.flush(batch).await?;
+                drop(turn);
+                if more {
+                    state.flush_scheduled = true;
+                    schedule_flush(&myself, state.server_gate.as_ref())?;
+                }
             }
         }
         Ok(())
     }
+}
+
+/// Casts the next `Flush` to the writer itself, at once, or once the server gate
+/// (`limits.batches_in_flight_per_database_server`) lets one more batch in. The writer
+/// keeps taking commands while it waits; the `Flush` takes all that are pending by then.
+fn schedule_flush(myself: &ActorRef<ShardMsg>, server_gate: Option<&Arc<Semaphore>>) -> Result<(), ActorProcessingErr> {
+    let Some(gate) = server_gate else {
+        myself.cast(ShardMsg::Flush(None))?;
+        return Ok(());
+    };
+    match gate.clone().try_acquire_owned() {
+        Ok(turn) => myself.cast(ShardMsg::Flush(Some(turn)))?,
+        Err(_) => {
+            let gate = gate.clone();
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                if let Ok(turn) = gate.acquire_owned().await {
+                    // a writer that stopped meanwhile drops the message, and the turn with it
+                    let _ = myself.cast(ShardMsg::Flush(Some(turn)));
+                }
+            });
+        }
+    }
+    Ok(())
 }
 
 impl ShardState {

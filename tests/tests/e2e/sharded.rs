@@ -361,3 +361,56 @@ async fn a_router_beside_a_node_reaches_its_shards_in_process_and_the_others_ove
     assert_eq!(subjects, expected, "the router's own node's shards are reached in-process");
     cluster.finish().await;
 }
+
+/// With `limits.batches_in_flight_per_database_server = 1`, the four shards (one
+/// PostgreSQL server holds them all) take turns writing: every transfer still posts exactly
+/// once, and what a writer took while it waited for its turn went into shared commits.
+#[tokio::test]
+async fn shards_on_one_server_take_turns_and_lose_nothing() {
+    let cluster =
+        Cluster::start_tuned(4, |toml| toml.replace("[limits]\n", "[limits]\nbatches_in_flight_per_database_server = 1\n")).await;
+    let ring = cluster.config.ring();
+    let pairs: Vec<(String, String)> =
+        (0..4).map(|shard| pair_on(&ring, cluster.tenant, shard, &format!("turn{shard}"))).collect();
+    for (from, to) in &pairs {
+        cluster.create_account(from, "LIABILITY", "IDR", true).await;
+        cluster.create_account(to, "LIABILITY", "IDR", true).await;
+    }
+    let per_shard = 60;
+    let asks = pairs.iter().enumerate().flat_map(|(shard, (from, to))| {
+        let ring = &ring;
+        let cluster = &cluster;
+        (0..per_shard).map(move |i| async move {
+            // keys homed with the accounts: one commit per transfer at most, no claim
+            let key = key_homed_on(ring, cluster.tenant, shard as ShardId, &format!("turn-{shard}-{i}"));
+            cluster.transfer(&key, from, to, 1, "IDR").await
+        })
+    });
+    for reply in futures::future::join_all(asks).await {
+        reply.ok();
+    }
+    for (shard, (_, to)) in pairs.iter().enumerate() {
+        assert_eq!(cluster.balance(to).await, per_shard);
+        assert_eq!(transactions_on(&cluster, shard).await, per_shard);
+    }
+    let commits = commits_of_transfers(&cluster).await;
+    let transfers = 4 * per_shard;
+    assert!(commits < transfers, "{transfers} concurrent transfers took {commits} commits");
+    assert_eq!(cluster.audit().await["ok"], true);
+    cluster.finish().await;
+}
+
+/// The database transactions that wrote the cluster's transfers: rows a transaction
+/// inserts share its id (`xmin`).
+async fn commits_of_transfers(cluster: &Cluster) -> i64 {
+    let mut commits = 0;
+    for shard in 0..4 {
+        let db = cluster.db(shard).await;
+        commits += sqlx::query_scalar::<_, i64>("select count(distinct xmin::text) from ledger_transaction")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    }
+    commits
+}
