@@ -99,7 +99,7 @@ ensure_rust() {
 # wal_init_zero=off: a new WAL segment is otherwise written full of zeroes (16 MB) and
 # synced by the backend that needs it, while every other commit of the server waits for
 # the WAL write lock; at ~15 MB/s of WAL that was a 50-100 ms stall about once a second
-# (docs/BENCHMARKS.md section 3). Commits still fdatasync: durability does not change.
+# (docs/BENCHMARKS.md section 4). Commits still fdatasync: durability does not change.
 # track_wal_io_timing=on: the time of each WAL sync, for the benchmark's diagnosis lines
 # (scripts/host_sample.py); it costs two clock reads per WAL write.
 tune_postgres() {
