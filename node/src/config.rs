@@ -160,8 +160,8 @@ impl ClusterConfig {
                 return fail(key, "must be greater than 0");
             }
         }
-        if limits.batches_in_flight_per_database_server == Some(0) {
-            return fail("limits.batches_in_flight_per_database_server", "must be greater than 0 (leave it out for no limit)");
+        if limits.batches_in_flight_per_database_server.is_some_and(|turns| !(1..=4096).contains(&turns)) {
+            return fail("limits.batches_in_flight_per_database_server", "must be 1-4096 (leave it out for no limit)");
         }
         if limits.claim_abandon_after_ms <= limits.request_timeout_ms {
             return fail("limits.claim_abandon_after_ms", "must be greater than limits.request_timeout_ms");
@@ -270,6 +270,10 @@ shards = [0, 1]
             (format!("{GOOD}\n[limits]\nclaim_abandon_after_ms = 5000\n"), "limits.claim_abandon_after_ms"),
             (
                 format!("{GOOD}\n[limits]\nbatches_in_flight_per_database_server = 0\n"),
+                "limits.batches_in_flight_per_database_server",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nbatches_in_flight_per_database_server = 5000\n"),
                 "limits.batches_in_flight_per_database_server",
             ),
         ];

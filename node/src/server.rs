@@ -78,7 +78,7 @@ fn database_server(database_url: &str) -> anyhow::Result<(String, u16)> {
 async fn start_shard(
     config: &ClusterConfig,
     shard: &ShardConfig,
-    server_gate: Option<Arc<Semaphore>>,
+    server_gate: Arc<Semaphore>,
     faults: Arc<FaultHooks>,
 ) -> anyhow::Result<Arc<ShardRuntime>> {
     ensure_database(&shard.database_url).await?;
@@ -176,15 +176,9 @@ pub async fn start(config: &ClusterConfig, node_name: &str, handles: NodeHandles
     for shard_id in &node.shards {
         let shard = config.shard(*shard_id).expect("config checked");
         let faults = handles.faults.get(shard_id).cloned().unwrap_or_default();
-        let server_gate = match config.limits.batches_in_flight_per_database_server {
-            None => None,
-            Some(turns) => Some(
-                server_gates
-                    .entry(database_server(&shard.database_url)?)
-                    .or_insert_with(|| Arc::new(Semaphore::new(turns)))
-                    .clone(),
-            ),
-        };
+        let turns = config.limits.batches_in_flight_per_database_server.unwrap_or(Semaphore::MAX_PERMITS);
+        let server_gate =
+            server_gates.entry(database_server(&shard.database_url)?).or_insert_with(|| Arc::new(Semaphore::new(turns))).clone();
         let runtime = start_shard(config, shard, server_gate, faults).await?;
         let subscription = client
             .subscribe(ledger_protocol::subject::shard_subject(*shard_id))

@@ -54,8 +54,8 @@ pub struct OwnedElsewhere(pub u16);
 pub enum ShardMsg {
     /// Writes that arrived together: they enter the pending batch together.
     Write(Vec<(Command, RpcReplyPort<WriteResult>)>),
-    /// Write the pending commands; holds the server gate's turn, if there is a gate.
-    Flush(Option<OwnedSemaphorePermit>),
+    /// Write the pending commands, holding a turn of the server gate.
+    Flush(OwnedSemaphorePermit),
     /// Recompute the balance projection from the journal (an operator's repair), between
     /// two batches; answers with the ids of the rows it rewrote.
     RebuildBalances(RpcReplyPort<Result<Vec<Uuid>, WriteFailure>>),
@@ -76,8 +76,10 @@ pub struct ShardArgs {
     pub database_url: String,
     pub batch_commands_max: usize,
     pub account_cache_max: usize,
-    /// Shared by the node's writers of shards on the same PostgreSQL server.
-    pub server_gate: Option<Arc<Semaphore>>,
+    /// Shared by the node's writers of shards on the same PostgreSQL server; as many
+    /// turns as `limits.batches_in_flight_per_database_server`, or without a limit
+    /// ([`Semaphore::MAX_PERMITS`]) when that is absent.
+    pub server_gate: Arc<Semaphore>,
     pub faults: Arc<FaultHooks>,
 }
 
@@ -90,7 +92,7 @@ pub struct ShardState {
     pending: Vec<(Command, RpcReplyPort<WriteResult>)>,
     flush_scheduled: bool,
     batch_commands_max: usize,
-    server_gate: Option<Arc<Semaphore>>,
+    server_gate: Arc<Semaphore>,
     faults: Arc<FaultHooks>,
     ids: RandomIds,
 }
@@ -154,7 +156,7 @@ impl Actor for ShardActor {
                 state.pending.extend(writes);
                 if !state.flush_scheduled {
                     state.flush_scheduled = true;
-                    schedule_flush(&myself, state.server_gate.as_ref())?;
+                    schedule_flush(&myself, &state.server_gate)?;
                 }
             }
             ShardMsg::RebuildBalances(reply) => {
@@ -181,7 +183,7 @@ impl Actor for ShardActor {
                 drop(turn);
                 if more {
                     state.flush_scheduled = true;
-                    schedule_flush(&myself, state.server_gate.as_ref())?;
+                    schedule_flush(&myself, &state.server_gate)?;
                 }
             }
         }
@@ -189,23 +191,20 @@ impl Actor for ShardActor {
     }
 }
 
-/// Casts the next `Flush` to the writer itself, at once, or once the server gate
-/// (`limits.batches_in_flight_per_database_server`) lets one more batch in. The writer
-/// keeps taking commands while it waits; the `Flush` takes all that are pending by then.
-fn schedule_flush(myself: &ActorRef<ShardMsg>, server_gate: Option<&Arc<Semaphore>>) -> Result<(), ActorProcessingErr> {
-    let Some(gate) = server_gate else {
-        myself.cast(ShardMsg::Flush(None))?;
-        return Ok(());
-    };
-    match gate.clone().try_acquire_owned() {
-        Ok(turn) => myself.cast(ShardMsg::Flush(Some(turn)))?,
+/// Casts the next `Flush` to the writer itself, at once if the server gate
+/// (`limits.batches_in_flight_per_database_server`) has a turn free, else once it has.
+/// The writer keeps taking commands while it waits; the `Flush` takes all that are pending
+/// by then.
+fn schedule_flush(myself: &ActorRef<ShardMsg>, server_gate: &Arc<Semaphore>) -> Result<(), ActorProcessingErr> {
+    match server_gate.clone().try_acquire_owned() {
+        Ok(turn) => myself.cast(ShardMsg::Flush(turn))?,
         Err(_) => {
-            let gate = gate.clone();
+            let gate = server_gate.clone();
             let myself = myself.clone();
             tokio::spawn(async move {
                 if let Ok(turn) = gate.acquire_owned().await {
                     // a writer that stopped meanwhile drops the message, and the turn with it
-                    let _ = myself.cast(ShardMsg::Flush(Some(turn)));
+                    let _ = myself.cast(ShardMsg::Flush(turn));
                 }
             });
         }

@@ -36,7 +36,7 @@ async fn a_second_writer_cannot_take_an_owned_shard() {
         database_url: cluster.config.shards[0].database_url.clone(),
         batch_commands_max: 16,
         account_cache_max: 16,
-        server_gate: None,
+        server_gate: Arc::new(tokio::sync::Semaphore::new(1)),
         faults: Arc::new(FaultHooks::default()),
     };
     let second = ractor::Actor::spawn(None, ShardActor, args).await;
@@ -48,7 +48,7 @@ async fn a_second_writer_cannot_take_an_owned_shard() {
         database_url: cluster.config.shards[0].database_url.clone(),
         batch_commands_max: 16,
         account_cache_max: 16,
-        server_gate: None,
+        server_gate: Arc::new(tokio::sync::Semaphore::new(1)),
         faults: Arc::new(FaultHooks::default()),
     };
     let error = ractor::Actor::spawn(None, ShardActor, wrong).await.expect_err("wrong shard refused").to_string();
