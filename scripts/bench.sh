@@ -8,7 +8,9 @@
 # The cluster runs as one process, the router beside the node (`ledger-router --node`);
 # on the largest shard count the uniform and half-peak open-loop phases run again with
 # the router in a process of its own, for comparison.
-# It tunes the local PostgreSQL first (scripts/env.sh: tune_postgres) and restarts it.
+# It tunes the local PostgreSQL first (scripts/env.sh: tune_postgres) and restarts it. The
+# kernel keeps its settings, except for one extra phase at half the peak that runs with a
+# database host's writeback profile (scripts/env.sh: writeback_profile) and restores them.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 ensure_all
@@ -30,6 +32,7 @@ psql_admin() { psql "$PG/postgres" -v ON_ERROR_STOP=1 -qtA "$@"; }
   echo "postgres: $(psql_admin -c 'show server_version') shared_buffers=$(psql_admin -c 'show shared_buffers') max_wal_size=$(psql_admin -c 'show max_wal_size') checkpoint_timeout=$(psql_admin -c 'show checkpoint_timeout') synchronous_commit=$(psql_admin -c 'show synchronous_commit') fsync=$(psql_admin -c 'show fsync') full_page_writes=$(psql_admin -c 'show full_page_writes') wal_init_zero=$(psql_admin -c 'show wal_init_zero') wal_compression=$(psql_admin -c 'show wal_compression')"
   echo "nats-server serving $LEDGER_NATS_URL: v$(python3 -c 'import json,socket,sys; u=sys.argv[1].split("//")[-1]; h,p=u.rsplit(":",1); s=socket.create_connection((h,int(p))); print(json.loads(s.recv(65536).decode().split(" ",1)[1])["version"])' "$LEDGER_NATS_URL")"
   echo "kernel writeback: dirty_background_ratio=$(cat /proc/sys/vm/dirty_background_ratio) dirty_ratio=$(cat /proc/sys/vm/dirty_ratio) dirty_expire_centisecs=$(cat /proc/sys/vm/dirty_expire_centisecs); disk scheduler of the data directory's device: $(cat "/sys/block/$(basename "$(findmnt -no SOURCE -T /var/lib/postgresql 2>/dev/null || echo none)")/queue/scheduler" 2>/dev/null || echo unknown)"
+  echo "the kernel's values of what the writeback profile sets: $(writeback_knobs | while read -r file _; do printf '%s=%s ' "$(basename "$file")" "$(cat "$file")"; done)"
   # the same machine class is not always as fast: a fixed piece of CPU work, timed, lets
   # runs of different days be compared (best of three)
   echo "cpu check: $(python3 -c 'import time
@@ -87,7 +90,7 @@ start_cluster_apart() { # config, shards: a node process and a router process
 }
 SAMPLER_PID=""
 stop_cluster() { kill $ROUTER_PID $NODE_PID 2>/dev/null || true; wait $ROUTER_PID $NODE_PID 2>/dev/null || true; }
-trap 'stop_cluster; [ -z "$SAMPLER_PID" ] || kill "$SAMPLER_PID" 2>/dev/null || true' EXIT
+trap 'stop_cluster; writeback_profile off; [ -z "$SAMPLER_PID" ] || kill "$SAMPLER_PID" 2>/dev/null || true' EXIT
 
 load() { # name, extra args...
   local name="$1"; shift
@@ -122,6 +125,15 @@ for shards in $SHARD_COUNTS; do
     load "cross100-s$shards" --concurrency 1024 --cross-shard-share 1.0
     half=$((uniform / 2))
     load "open-s$shards-home" --mode open --rate "$((half / 2)),$half,$((half * 3 / 2))" --concurrency 8192 --keys home
+    # half the peak again, with the writeback profile of a one-disk database host
+    # (scripts/env.sh), then the kernel's values as they were
+    if writeback_profile on; then
+      echo "writeback profile for the next phase: $(describe_writeback_profile)" | tee -a "$OUT/summary.txt"
+      load "open-s$shards-home-writeback" --mode open --rate "$half" --concurrency 8192 --keys home
+      writeback_profile off
+    else
+      echo "writeback profile: cannot set it here (needs root or sudo); phase skipped" | tee -a "$OUT/summary.txt"
+    fi
     transfers=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select count(*) from ledger_transaction"; done | awk '{s+=$1} END {print s}')
     bytes=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select coalesce(sum(pg_total_relation_size(c.oid)),0)
       from pg_class c join pg_namespace n on n.oid = c.relnamespace where n.nspname = 'public' and c.relkind in ('r', 'p')
@@ -137,7 +149,8 @@ for shards in $SHARD_COUNTS; do
     kill "$SAMPLER_PID"; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
     echo "where the CPU went and what commits cost, per phase on $shards shards:" | tee -a "$OUT/summary.txt"
     for phase in uniform-s$shards-home uniform-s$shards-random hot-s$shards-home cross10-s$shards-home cross100-s$shards \
-                 open-s$shards-home uniform-s$shards-home-apart open-s$shards-home-apart; do
+                 open-s$shards-home open-s$shards-home-writeback uniform-s$shards-home-apart open-s$shards-home-apart; do
+      [ -f "$OUT/$phase.json" ] || continue
       python3 scripts/host_sample.py summarize "$OUT/host-s$shards.csv" "$OUT/$phase.json" | sed 's/^/  /' | tee -a "$OUT/summary.txt"
     done
   fi

@@ -99,7 +99,7 @@ ensure_rust() {
 # wal_init_zero=off: a new WAL segment is otherwise written full of zeroes (16 MB) and
 # synced by the backend that needs it, while every other commit of the server waits for
 # the WAL write lock; at ~15 MB/s of WAL that was a 50-100 ms stall about once a second
-# (docs/BENCHMARKS.md section 4). Commits still fdatasync: durability does not change.
+# (docs/BENCHMARKS.md section 5). Commits still fdatasync: durability does not change.
 # track_wal_io_timing=on: the time of each WAL sync, for the benchmark's diagnosis lines
 # (scripts/host_sample.py); it costs two clock reads per WAL write.
 tune_postgres() {
@@ -119,6 +119,45 @@ tune_postgres() {
     for _ in $(seq 1 30); do pg_ok && break; sleep 1; done
   fi
 }
+
+# The writeback profile of a database host whose WAL shares one disk with everything else
+# (docs/BENCHMARKS.md section 1): dirty file data is written once it is 1 s old instead
+# of 30 s, and the data disk takes one background write of at most 64 kB at a time
+# (mq-deadline's async_depth, max_sectors_kb), so that a WAL sync never queues behind a
+# burst of table growth and JetStream blocks. Durability does not change: commits still
+# fdatasync. `writeback_profile on` remembers the current values and applies the
+# profile; `writeback_profile off` puts the remembered values back. Needs root (or sudo).
+WRITEBACK_SAVED=""
+writeback_knobs() { # the files the profile sets, with the profile's values
+  local disk; disk="$(basename "$(findmnt -no SOURCE -T /var/lib/postgresql 2>/dev/null || echo none)")"
+  [ -d "/sys/block/$disk" ] || disk="$(lsblk -no PKNAME "/dev/$disk" 2>/dev/null | head -n1 || true)"
+  echo "/proc/sys/vm/dirty_expire_centisecs 100"
+  echo "/proc/sys/vm/dirty_writeback_centisecs 100"
+  if [ -n "$disk" ] && grep -q '\[mq-deadline\]' "/sys/block/$disk/queue/scheduler" 2>/dev/null; then
+    echo "/sys/block/$disk/queue/iosched/async_depth 1"
+  fi
+  [ -n "$disk" ] && [ -w "/sys/block/$disk/queue/max_sectors_kb" ] && echo "/sys/block/$disk/queue/max_sectors_kb 64"
+  return 0
+}
+writeback_profile() {
+  local file value
+  case "$1" in
+    on)
+      WRITEBACK_SAVED=""
+      while read -r file value; do
+        WRITEBACK_SAVED="$WRITEBACK_SAVED$file $(cat "$file")"$'\n'
+        echo "$value" | as_root tee "$file" >/dev/null || { writeback_profile off; return 1; }
+      done < <(writeback_knobs)
+      ;;
+    off)
+      while read -r file value; do
+        [ -n "$file" ] && { echo "$value" | as_root tee "$file" >/dev/null || true; }
+      done <<<"$WRITEBACK_SAVED"
+      WRITEBACK_SAVED=""
+      ;;
+  esac
+}
+describe_writeback_profile() { writeback_knobs | awk '{n=split($1, p, "/"); printf "%s%s=%s", (NR>1?" ":""), p[n], $2}'; }
 
 ensure_all() {
   ensure_rust
