@@ -136,7 +136,7 @@ writeback_knobs() { # the files the profile sets, with the profile's values
   if [ -n "$disk" ] && grep -q '\[mq-deadline\]' "/sys/block/$disk/queue/scheduler" 2>/dev/null; then
     echo "/sys/block/$disk/queue/iosched/async_depth 1"
   fi
-  [ -n "$disk" ] && [ -w "/sys/block/$disk/queue/max_sectors_kb" ] && echo "/sys/block/$disk/queue/max_sectors_kb 64"
+  [ -n "$disk" ] && [ -e "/sys/block/$disk/queue/max_sectors_kb" ] && echo "/sys/block/$disk/queue/max_sectors_kb 64"
   return 0
 }
 writeback_profile() {
