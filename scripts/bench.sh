@@ -168,12 +168,19 @@ if [ "${BENCH_MILLION:-0}" = "1" ]; then
   stop_cluster
 fi
 
-apart=$(ls "$OUT"/uniform-s*-home-apart.json >/dev/null 2>&1 && rate_of "$(basename "$(ls "$OUT"/uniform-s*-home-apart.json | tail -n1)" .json)" || echo 0)
-python3 - "$best_ours" "$best_naive" "$apart" <<'PY' | tee -a "$OUT/summary.txt"
+latest_rate() { # phase-name pattern -> its rate in the largest shard count's run, or 0
+  local file; file="$(ls "$OUT"/$1.json 2>/dev/null | tail -n1 || true)"
+  if [ -n "$file" ]; then rate_of "$(basename "$file" .json)"; else echo 0; fi
+}
+apart=$(latest_rate 'uniform-s*-home-apart')
+random=$(latest_rate 'uniform-s*-random')
+python3 - "$best_ours" "$best_naive" "$apart" "$random" <<'PY' | tee -a "$OUT/summary.txt"
 import sys
-ours, naive, apart = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+ours, naive, apart, random = (int(a) for a in sys.argv[1:5])
 print(f"RATIO uniform single-shard (best over shard counts, keys homed) / naive best: {ours} / {naive} = {ours / max(naive, 1):.2f}x")
 if apart:
     print(f"  (router in its own process, largest shard count: {apart} / {naive} = {apart / max(naive, 1):.2f}x)")
+if random:
+    print(f"  (random keys, most of them homed on another shard than the accounts, largest shard count: {random} / {naive} = {random / max(naive, 1):.2f}x)")
 PY
 say "results in $OUT"
