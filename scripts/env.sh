@@ -126,7 +126,8 @@ tune_postgres() {
 # (mq-deadline's async_depth, max_sectors_kb), so that a WAL sync never queues behind a
 # burst of table growth and JetStream blocks. Durability does not change: commits still
 # fdatasync. `writeback_profile on` remembers the current values and applies the
-# profile; `writeback_profile off` puts the remembered values back. Needs root (or sudo).
+# profile; `writeback_profile off` puts the remembered values back. Needs root, or sudo
+# without a password.
 WRITEBACK_SAVED=""
 writeback_knobs() { # the files the profile sets, with the profile's values
   local disk; disk="$(basename "$(findmnt -no SOURCE -T /var/lib/postgresql 2>/dev/null || echo none)")"
@@ -139,6 +140,9 @@ writeback_knobs() { # the files the profile sets, with the profile's values
   [ -n "$disk" ] && [ -e "/sys/block/$disk/queue/max_sectors_kb" ] && echo "/sys/block/$disk/queue/max_sectors_kb 64"
   return 0
 }
+write_as_root() { # file value: never prompts for a password in the middle of a benchmark
+  if [ "$(id -u)" -eq 0 ]; then echo "$2" >"$1"; else echo "$2" | sudo -n tee "$1" >/dev/null; fi
+}
 writeback_profile() {
   local file value
   case "$1" in
@@ -146,12 +150,12 @@ writeback_profile() {
       WRITEBACK_SAVED=""
       while read -r file value; do
         WRITEBACK_SAVED="$WRITEBACK_SAVED$file $(cat "$file")"$'\n'
-        echo "$value" | as_root tee "$file" >/dev/null || { writeback_profile off; return 1; }
+        write_as_root "$file" "$value" 2>/dev/null || { writeback_profile off; return 1; }
       done < <(writeback_knobs)
       ;;
     off)
       while read -r file value; do
-        [ -n "$file" ] && { echo "$value" | as_root tee "$file" >/dev/null || true; }
+        [ -n "$file" ] && { write_as_root "$file" "$value" 2>/dev/null || true; }
       done <<<"$WRITEBACK_SAVED"
       WRITEBACK_SAVED=""
       ;;
