@@ -129,9 +129,13 @@ tune_postgres() {
 # profile; `writeback_profile off` puts the remembered values back. Needs root, or sudo
 # without a password.
 WRITEBACK_SAVED=""
-writeback_knobs() { # the files the profile sets, with the profile's values
+data_disk() { # the block device (not the partition) under PostgreSQL's data, or nothing
   local disk; disk="$(basename "$(findmnt -no SOURCE -T /var/lib/postgresql 2>/dev/null || echo none)")"
   [ -d "/sys/block/$disk" ] || disk="$(lsblk -no PKNAME "/dev/$disk" 2>/dev/null | head -n1 || true)"
+  echo "$disk"
+}
+writeback_knobs() { # the files the profile sets, with the profile's values
+  local disk; disk="$(data_disk)"
   echo "/proc/sys/vm/dirty_expire_centisecs 100"
   echo "/proc/sys/vm/dirty_writeback_centisecs 100"
   if [ -n "$disk" ] && grep -q '\[mq-deadline\]' "/sys/block/$disk/queue/scheduler" 2>/dev/null; then

@@ -173,10 +173,10 @@ pub async fn start(config: &ClusterConfig, node_name: &str, handles: NodeHandles
     let mut tasks = Vec::new();
     let mut runtimes = HashMap::new();
     let mut server_gates: HashMap<(String, u16), Arc<Semaphore>> = HashMap::new();
+    let turns = config.limits.batches_in_flight_per_database_server.unwrap_or(Semaphore::MAX_PERMITS);
     for shard_id in &node.shards {
         let shard = config.shard(*shard_id).expect("config checked");
         let faults = handles.faults.get(shard_id).cloned().unwrap_or_default();
-        let turns = config.limits.batches_in_flight_per_database_server.unwrap_or(Semaphore::MAX_PERMITS);
         let server_gate =
             server_gates.entry(database_server(&shard.database_url)?).or_insert_with(|| Arc::new(Semaphore::new(turns))).clone();
         let runtime = start_shard(config, shard, server_gate, faults).await?;
