@@ -95,7 +95,8 @@ trap 'stop_cluster; writeback_profile off; [ -z "$SAMPLER_PID" ] || kill "$SAMPL
 load() { # name, extra args...
   local name="$1"; shift
   "$BIN/ledger-load" --nats "$LEDGER_NATS_URL" --tenant "$TENANT" --accounts "$ACCOUNTS" --skip-setup \
-    --duration-s "$SECONDS_PER_PHASE" --warmup-s 5 --name "$name" --out "$OUT/$name.json" --svg "$OUT/$name.svg" --quiet "$@" |
+    --duration-s "$SECONDS_PER_PHASE" --warmup-s 5 --name "$name" --out "$OUT/$name.json" --svg "$OUT/$name.svg" \
+    --trace "$OUT/$name.trace.csv" --quiet "$@" |
     tee -a "$OUT/summary.txt"
 }
 rate_of() { python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['phases'][0]['accepted_per_s']))" "$OUT/$1.json"; }
@@ -151,7 +152,8 @@ for shards in $SHARD_COUNTS; do
     for phase in uniform-s$shards-home uniform-s$shards-random hot-s$shards-home cross10-s$shards-home cross100-s$shards \
                  open-s$shards-home open-s$shards-home-writeback uniform-s$shards-home-apart open-s$shards-home-apart; do
       [ -f "$OUT/$phase.json" ] || continue
-      python3 scripts/host_sample.py summarize "$OUT/host-s$shards.csv" "$OUT/$phase.json" | sed 's/^/  /' | tee -a "$OUT/summary.txt"
+      python3 scripts/host_sample.py summarize "$OUT/host-s$shards.csv" "$OUT/$phase.json" "$OUT/$phase.trace.csv" |
+        sed 's/^/  /' | tee -a "$OUT/summary.txt"
     done
   fi
   stop_cluster

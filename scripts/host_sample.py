@@ -2,15 +2,22 @@
 """Where the two cores went during a benchmark phase, and what PostgreSQL's commits cost.
 
   host_sample.py record SAMPLES.csv PG_URL DB_PREFIX   # every second until SIGTERM
-  host_sample.py summarize SAMPLES.csv RESULT.json     # one line per phase of RESULT.json
+  host_sample.py summarize SAMPLES.csv RESULT.json [TRACE.csv]
+                                                       # one line per phase of RESULT.json
 
 `record` reads, once a second: CPU time per process group (/proc/<pid>/stat), the host's
 idle time (/proc/stat), the commits of the databases whose name starts with DB_PREFIX
 (pg_stat_database) and PostgreSQL's WAL: syncs, the time spent in them (needs
-`track_wal_io_timing=on`), bytes and full-page images (pg_stat_wal, server-wide). `summarize` matches the samples to each phase's
-measured window (`measured_from_unix_s`, `seconds` in ledger-load's JSON) and prints the
-averages: whether a phase was bound by CPU, how many transfers each commit carried, and
-how long each WAL sync held up the commits behind it. Standard library only.
+`track_wal_io_timing=on`), bytes and full-page images (pg_stat_wal, server-wide), and
+whether the checkpointer is at work on a checkpoint (pg_stat_activity). `summarize` matches the
+samples to each phase's measured window (`measured_from_unix_s`, `seconds` in
+ledger-load's JSON) and prints the averages: whether a phase was bound by CPU, how many
+transfers each commit carried, how long each WAL sync held up the commits behind it, and
+in how many of its seconds a checkpoint was running. A checkpoint's first seconds write a
+full-page image of every page they change first (docs/BENCHMARKS.md section 1): given
+ledger-load's `--trace` file, `summarize` also gives the p99 of the answers sent in such a
+wave (the seconds with more than one image per ten transfers) and of the others.
+Standard library only.
 """
 import json
 import os
@@ -51,21 +58,25 @@ def postgres_counters(pg_url, db_prefix):
     query = (
         "select (select coalesce(sum(xact_commit), 0) from pg_stat_database where datname like '"
         + db_prefix.replace("'", "''")
-        + "%'), wal_sync, wal_sync_time, wal_bytes, wal_fpi from pg_stat_wal"
+        + "%'), wal_sync, wal_sync_time, wal_bytes, wal_fpi,"
+        # idle between checkpoints, the checkpointer waits in CheckpointerMain
+        " (select count(*) from pg_stat_activity where backend_type = 'checkpointer'"
+        "  and wait_event is distinct from 'CheckpointerMain')"
+        " from pg_stat_wal"
     )
     try:
         out = subprocess.run(["psql", pg_url, "-qtAX", "-F", ",", "-c", query], capture_output=True, text=True, timeout=5)
-        commits, syncs, sync_ms, wal_bytes, fpi = out.stdout.strip().split(",")
-        return int(commits), int(syncs), float(sync_ms), int(wal_bytes), int(fpi)
+        commits, syncs, sync_ms, wal_bytes, fpi, checkpointing = out.stdout.strip().split(",")
+        return int(commits), int(syncs), float(sync_ms), int(wal_bytes), int(fpi), int(checkpointing)
     except (subprocess.SubprocessError, ValueError):
-        return None, None, None, None, None
+        return (None,) * 6
 
 
 def record(path, pg_url, db_prefix):
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with open(path, "w") as out:
-        out.write("unix_s,idle_ticks," + ",".join(GROUPS) + ",other,commits,wal_syncs,wal_sync_ms,wal_bytes,wal_fpi\n")
+        out.write("unix_s,idle_ticks," + ",".join(GROUPS) + ",other,commits,wal_syncs,wal_sync_ms,wal_bytes,wal_fpi,checkpointing\n")
         while not stop:
             started = time.time()
             ticks = cpu_ticks_by_group()
@@ -77,12 +88,50 @@ def record(path, pg_url, db_prefix):
             time.sleep(max(0.0, 1.0 - (time.time() - started)))
 
 
-def summarize(path, result_path):
+def read_trace(path):
+    """ledger-load's --trace file: phase name -> [(sent_us, latency_us)]."""
+    answers = {}
+    if path:
+        with open(path) as f:
+            f.readline()
+            for line in f:
+                phase, sent_us, latency_us = line.rsplit(",", 2)
+                answers.setdefault(phase, []).append((int(sent_us), int(latency_us)))
+    return answers
+
+
+def p99_ms(latencies_us):
+    ordered = sorted(latencies_us)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] / 1000
+
+
+def by_full_page_wave(inside, begin, answers, transfers_per_s):
+    """The p99 of the answers sent in a full-page-image wave, and of the others; None
+    without a wave. A wave second writes more than one image per ten transfers."""
+    waves = [
+        (float(a["unix_s"]), float(b["unix_s"]))
+        for a, b in zip(inside, inside[1:])
+        if int(b["wal_fpi"]) - int(a["wal_fpi"]) > 0.1 * transfers_per_s * (float(b["unix_s"]) - float(a["unix_s"]))
+    ]
+    if not waves:
+        return None
+    during, outside = [], []
+    for sent_us, latency_us in answers:
+        sent = begin + sent_us / 1e6
+        (during if any(lo <= sent < hi for lo, hi in waves) else outside).append(latency_us)
+    line = f"full-page-image wave in {len(waves)} of {len(inside) - 1} s: p99 {p99_ms(during):.0f} ms in it" if during else ""
+    if outside:
+        line += f", {p99_ms(outside):.0f} ms outside it"
+    return line
+
+
+def summarize(path, result_path, trace_path=None):
     with open(path) as f:
         header = f.readline().strip().split(",")
         samples = [dict(zip(header, line.strip().split(","))) for line in f if line.strip()]
     with open(result_path) as f:
         phases = json.load(f)["phases"]
+    traces = read_trace(trace_path)
     for phase in phases:
         begin = phase.get("measured_from_unix_s")
         if not begin:
@@ -112,13 +161,19 @@ def summarize(path, result_path):
             fpi = int(last["wal_fpi"]) - int(first["wal_fpi"])
             transfers = max(phase["accepted_per_s"] * seconds, 1)
             line += f", WAL {wal_bytes / transfers / 1024:.1f} kB per transfer ({fpi / transfers:.2f} full-page images)"
+        if first.get("checkpointing") and last.get("checkpointing"):
+            running = sum(1 for s in inside if s["checkpointing"] == "1")
+            line += f"; a checkpoint running in {running} of {len(inside)} samples"
+            wave = by_full_page_wave(inside, begin, traces.get(phase["name"], []), phase["accepted_per_s"])
+            if wave:
+                line += "; " + wave
         print(line)
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "record":
         record(sys.argv[2], sys.argv[3], sys.argv[4])
-    elif len(sys.argv) == 4 and sys.argv[1] == "summarize":
-        summarize(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) in (4, 5) and sys.argv[1] == "summarize":
+        summarize(*sys.argv[2:])
     else:
         sys.exit(__doc__)

@@ -103,6 +103,11 @@ struct Args {
     out: Option<std::path::PathBuf>,
     #[arg(long)]
     svg: Option<std::path::PathBuf>,
+    /// Also write every measured answer to this CSV file (phase, microseconds from the start
+    /// of the measured window to the request's sending or scheduled arrival, latency in
+    /// microseconds), to line slow answers up with what the host was doing at the time.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
     #[arg(long)]
     quiet: bool,
 }
@@ -246,10 +251,12 @@ struct Tally {
     transport_errors: AtomicU64,
     ok: AtomicU64,
     dropped: AtomicU64,
+    /// `(sent, latency)` in microseconds of every posted answer, when `--trace` asks for them.
+    answers: Option<std::sync::Mutex<Vec<(u64, u64)>>>,
 }
 
 impl Tally {
-    fn new(seconds: usize) -> Tally {
+    fn new(seconds: usize, trace: bool) -> Tally {
         Tally {
             histogram: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")),
             ok_per_second: (0..seconds + 2).map(|_| AtomicU64::new(0)).collect(),
@@ -258,12 +265,14 @@ impl Tally {
             transport_errors: AtomicU64::new(0),
             ok: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            answers: trace.then(|| std::sync::Mutex::new(Vec::new())),
         }
     }
 
     async fn record(&self, measured_from: Instant, start: Instant, result: anyhow::Result<Option<String>>) {
         let latency_us = measured_from.elapsed().as_micros() as u64;
-        let second = measured_from.saturating_duration_since(start).as_secs() as usize;
+        let since_start = measured_from.saturating_duration_since(start);
+        let second = since_start.as_secs() as usize;
         match result {
             Ok(None) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
@@ -274,6 +283,9 @@ impl Tally {
                     slot.fetch_max(latency_us, Ordering::Relaxed);
                 }
                 let _ = self.histogram.lock().await.record(latency_us.max(1));
+                if let Some(answers) = &self.answers {
+                    answers.lock().expect("not poisoned").push((since_start.as_micros() as u64, latency_us));
+                }
             }
             Ok(Some(code)) => *self.rejected.lock().await.entry(code).or_default() += 1,
             Err(_) => {
@@ -309,10 +321,18 @@ impl Generator {
     }
 }
 
-async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, name: String, rate: Option<f64>) -> Phase {
+/// Runs one phase; returns its results and, with `--trace`, every posted answer's
+/// `(sent, latency)` in microseconds.
+async fn run_phase(
+    target: Arc<Target>,
+    generator: Arc<Generator>,
+    args: &Args,
+    name: String,
+    rate: Option<f64>,
+) -> (Phase, Vec<(u64, u64)>) {
     let measured = Duration::from_secs_f64(args.duration_s);
     let warmup = Duration::from_secs_f64(args.warmup_s);
-    let tally = Arc::new(Tally::new(args.duration_s.ceil() as usize));
+    let tally = Arc::new(Tally::new(args.duration_s.ceil() as usize, args.trace.is_some()));
     let bar = progress((args.warmup_s + args.duration_s).ceil() as u64, &name, args.quiet);
     let begin = Instant::now();
     let measured_from_unix_s =
@@ -381,7 +401,8 @@ async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, 
     bar.finish_and_clear();
     let histogram = tally.histogram.lock().await;
     let ok = tally.ok.load(Ordering::Relaxed);
-    Phase {
+    let answers = tally.answers.as_ref().map(|a| std::mem::take(&mut *a.lock().expect("not poisoned"))).unwrap_or_default();
+    let phase = Phase {
         name,
         mode: format!("{:?}", args.mode).to_lowercase(),
         concurrency: Some(args.concurrency),
@@ -406,7 +427,8 @@ async fn run_phase(target: Arc<Target>, generator: Arc<Generator>, args: &Args, 
             .take(args.duration_s.ceil() as usize)
             .map(|c| c.load(Ordering::Relaxed) as f64 / 1000.0)
             .collect(),
-    }
+    };
+    (phase, answers)
 }
 
 fn summary(phase: &Phase) -> String {
@@ -457,6 +479,7 @@ async fn main() -> anyhow::Result<()> {
         seq: AtomicU64::new(0),
     });
     let mut phases = Vec::new();
+    let mut trace = report::TRACE_HEADER.to_string();
     let rates: Vec<Option<f64>> = match args.mode {
         Mode::Closed => vec![None],
         Mode::Open => args.rate.iter().copied().map(Some).collect(),
@@ -466,8 +489,9 @@ async fn main() -> anyhow::Result<()> {
             Some(rate) => format!("{}@{rate:.0}/s", args.name),
             None => format!("{}x{}", args.name, args.concurrency),
         };
-        let phase = run_phase(target.clone(), generator.clone(), &args, name, rate).await;
+        let (phase, answers) = run_phase(target.clone(), generator.clone(), &args, name, rate).await;
         println!("{}", summary(&phase));
+        report::trace_lines(&mut trace, &phase.name, &answers);
         phases.push(phase);
     }
     let result = json!({
@@ -488,6 +512,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(path) = &args.svg {
         std::fs::write(path, report::svg(&phases, &args.name)).with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(path) = &args.trace {
+        std::fs::write(path, trace).with_context(|| format!("write {}", path.display()))?;
     }
     Ok(())
 }

@@ -52,6 +52,18 @@ pub struct Phase {
     pub max_latency_ms_per_second: Vec<f64>,
 }
 
+/// The header of `--trace` files.
+pub const TRACE_HEADER: &str = "phase,sent_us,latency_us\n";
+
+/// Appends one phase's answers to a `--trace` file's text: one line per answer, with
+/// the microseconds from the start of the measured window to the request's sending
+/// (closed loop) or scheduled arrival (open loop), and its latency in microseconds.
+pub fn trace_lines(out: &mut String, phase: &str, answers: &[(u64, u64)]) {
+    for (sent_us, latency_us) in answers {
+        let _ = writeln!(out, "{phase},{sent_us},{latency_us}");
+    }
+}
+
 pub fn svg(phases: &[Phase], title: &str) -> String {
     let (width, height) = (900.0, 660.0);
     let mut out = String::new();
@@ -166,5 +178,18 @@ fn tick(value: f64) -> String {
         format!("{value:.0}")
     } else {
         format!("{value:.1}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_lines_follow_the_header_one_answer_per_line() {
+        let mut text = TRACE_HEADER.to_string();
+        trace_lines(&mut text, "open@100/s", &[(0, 1_500), (10_250, 32_000)]);
+        trace_lines(&mut text, "open@200/s", &[]);
+        assert_eq!(text, "phase,sent_us,latency_us\nopen@100/s,0,1500\nopen@100/s,10250,32000\n");
     }
 }
