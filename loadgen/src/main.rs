@@ -5,7 +5,8 @@
 //! single-shard), funds them, then drives transfers closed loop (N clients, each sending
 //! its next request when the last is answered) or open loop (Poisson arrivals at a target
 //! rate; latency counted from the scheduled arrival, so queueing is not hidden). Warm-up
-//! is excluded from the results, which go to a JSON file and an SVG plot.
+//! is excluded from the results, which go to a JSON file and an SVG plot, and with
+//! `--trace` every measured answer (when it was sent, its latency) to a CSV file.
 
 mod report;
 mod workload;
