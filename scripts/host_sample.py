@@ -113,13 +113,13 @@ def by_full_page_wave(inside, begin, answers, transfers_per_s):
         for a, b in zip(inside, inside[1:])
         if int(b["wal_fpi"]) - int(a["wal_fpi"]) > 0.1 * transfers_per_s * (float(b["unix_s"]) - float(a["unix_s"]))
     ]
-    if not waves:
-        return None
     during, outside = [], []
     for sent_us, latency_us in answers:
         sent = begin + sent_us / 1e6
         (during if any(lo <= sent < hi for lo, hi in waves) else outside).append(latency_us)
-    line = f"full-page-image wave in {len(waves)} of {len(inside) - 1} s: p99 {p99_ms(during):.0f} ms in it" if during else ""
+    if not during:
+        return None
+    line = f"full-page-image wave in {len(waves)} of {len(inside) - 1} s: p99 {p99_ms(during):.0f} ms in it"
     if outside:
         line += f", {p99_ms(outside):.0f} ms outside it"
     return line
