@@ -91,7 +91,7 @@ def record(path, pg_url, db_prefix):
 def read_trace(path):
     """ledger-load's --trace file: phase name -> [(sent_us, latency_us)]."""
     answers = {}
-    if path:
+    if path and os.path.exists(path):
         with open(path) as f:
             f.readline()
             for line in f:
@@ -111,7 +111,8 @@ def by_full_page_wave(inside, begin, answers, transfers_per_s):
     waves = [
         (float(a["unix_s"]), float(b["unix_s"]))
         for a, b in zip(inside, inside[1:])
-        if int(b["wal_fpi"]) - int(a["wal_fpi"]) > 0.1 * transfers_per_s * (float(b["unix_s"]) - float(a["unix_s"]))
+        if a["wal_fpi"] and b["wal_fpi"]  # a sample whose query failed has no counters
+        and int(b["wal_fpi"]) - int(a["wal_fpi"]) > 0.1 * transfers_per_s * (float(b["unix_s"]) - float(a["unix_s"]))
     ]
     during, outside = [], []
     for sent_us, latency_us in answers:
