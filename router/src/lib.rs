@@ -131,7 +131,10 @@ async fn run_beside(config: ClusterConfig, local: LocalShards, shutdown: impl Fu
                 let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
                 let router = router.clone();
                 tokio::spawn(async move {
-                    let reply = router.handle(&request.message.subject, &request.message.payload).await;
+                    // Boxed: the future of `handle` holds the state of every operation;
+                    // held inline, it made the task so large that copying it on spawn
+                    // took about 5% of this process's CPU (docs/BENCHMARKS.md, section 1).
+                    let reply = Box::pin(router.handle(&request.message.subject, &request.message.payload)).await;
                     if let Err(error) = respond(&request, reply).await {
                         warn!(%error, "cannot send a reply");
                     }
