@@ -10,7 +10,9 @@
 # the router in a process of its own, for comparison.
 # It tunes the local PostgreSQL first (scripts/env.sh: tune_postgres) and restarts it. The
 # kernel keeps its settings, except for one extra phase at half the peak that runs with a
-# database host's writeback profile (scripts/env.sh: writeback_profile) and restores them.
+# database host's profile (scripts/env.sh: host_profile) and restores them. The node (and
+# a router apart) runs in a session of its own, as a service does, so that with the
+# kernel's autogroups it does not share its CPU share with the load generator.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 ensure_all
@@ -32,7 +34,7 @@ psql_admin() { psql "$PG/postgres" -v ON_ERROR_STOP=1 -qtA "$@"; }
   echo "postgres: $(psql_admin -c 'show server_version') shared_buffers=$(psql_admin -c 'show shared_buffers') max_wal_size=$(psql_admin -c 'show max_wal_size') checkpoint_timeout=$(psql_admin -c 'show checkpoint_timeout') synchronous_commit=$(psql_admin -c 'show synchronous_commit') fsync=$(psql_admin -c 'show fsync') full_page_writes=$(psql_admin -c 'show full_page_writes') wal_init_zero=$(psql_admin -c 'show wal_init_zero') wal_compression=$(psql_admin -c 'show wal_compression')"
   echo "nats-server serving $LEDGER_NATS_URL: v$(python3 -c 'import json,socket,sys; u=sys.argv[1].split("//")[-1]; h,p=u.rsplit(":",1); s=socket.create_connection((h,int(p))); print(json.loads(s.recv(65536).decode().split(" ",1)[1])["version"])' "$LEDGER_NATS_URL")"
   echo "kernel writeback: dirty_background_ratio=$(cat /proc/sys/vm/dirty_background_ratio) dirty_ratio=$(cat /proc/sys/vm/dirty_ratio); disk scheduler of the data directory's device: $(cat "/sys/block/$(data_disk)/queue/scheduler" 2>/dev/null || echo unknown)"
-  echo "the kernel's values of what the writeback profile sets: $(writeback_knobs | while read -r file _; do printf '%s=%s ' "$(basename "$file")" "$(cat "$file")"; done)"
+  echo "the kernel's values of what the host profile sets: $(host_profile_knobs | while read -r file _; do printf '%s=%s ' "$(basename "$file")" "$(cat "$file")"; done)"
   # the same machine class is not always as fast: a fixed piece of CPU work, timed, lets
   # runs of different days be compared (best of three)
   echo "cpu check: $(python3 -c 'import time
@@ -78,19 +80,19 @@ config_for() { # shards -> path of a bench config with fresh databases
 
 NODE_PID=""; ROUTER_PID=""
 start_cluster() { # config, shards: one process, the router beside the node
-  "$BIN/ledger-router" --config "$1" --node node-0 >"$OUT/cluster-$2.log" 2>&1 & NODE_PID=$!; ROUTER_PID=""
+  setsid "$BIN/ledger-router" --config "$1" --node node-0 >"$OUT/cluster-$2.log" 2>&1 & NODE_PID=$!; ROUTER_PID=""
   for _ in $(seq 1 300); do [ "$(grep -c 'shard serving' "$OUT/cluster-$2.log")" -ge "$2" ] && break; sleep 0.1; done
   for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
 }
 start_cluster_apart() { # config, shards: a node process and a router process
-  "$BIN/ledger-node" --config "$1" --node node-0 >"$OUT/node-$2.log" 2>&1 & NODE_PID=$!
+  setsid "$BIN/ledger-node" --config "$1" --node node-0 >"$OUT/node-$2.log" 2>&1 & NODE_PID=$!
   for _ in $(seq 1 300); do [ "$(grep -c 'shard serving' "$OUT/node-$2.log")" -ge "$2" ] && break; sleep 0.1; done
-  "$BIN/ledger-router" --config "$1" >"$OUT/router-$2.log" 2>&1 & ROUTER_PID=$!
+  setsid "$BIN/ledger-router" --config "$1" >"$OUT/router-$2.log" 2>&1 & ROUTER_PID=$!
   for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
 }
 SAMPLER_PID=""
 stop_cluster() { kill $ROUTER_PID $NODE_PID 2>/dev/null || true; wait $ROUTER_PID $NODE_PID 2>/dev/null || true; }
-trap 'stop_cluster; writeback_profile off; [ -z "$SAMPLER_PID" ] || kill "$SAMPLER_PID" 2>/dev/null || true' EXIT
+trap 'stop_cluster; host_profile off; [ -z "$SAMPLER_PID" ] || kill "$SAMPLER_PID" 2>/dev/null || true' EXIT
 
 load() { # name, extra args...
   local name="$1"; shift
@@ -126,14 +128,14 @@ for shards in $SHARD_COUNTS; do
     load "cross100-s$shards" --concurrency 1024 --cross-shard-share 1.0
     half=$((uniform / 2))
     load "open-s$shards-home" --mode open --rate "$((half / 2)),$half,$((half * 3 / 2))" --concurrency 8192 --keys home
-    # half the peak again, with the writeback profile of a one-disk database host
-    # (scripts/env.sh), then the kernel's values as they were
-    if writeback_profile on; then
-      echo "writeback profile for the next phase: $(describe_writeback_profile)" | tee -a "$OUT/summary.txt"
-      load "open-s$shards-home-writeback" --mode open --rate "$half" --concurrency 8192 --keys home
-      writeback_profile off
+    # half the peak again, with the profile of a one-disk database host (scripts/env.sh),
+    # then the kernel's values as they were
+    if host_profile on; then
+      echo "host profile for the next phase: $(describe_host_profile)" | tee -a "$OUT/summary.txt"
+      load "open-s$shards-home-hostprofile" --mode open --rate "$half" --concurrency 8192 --keys home
+      host_profile off
     else
-      echo "writeback profile: cannot set it here (needs root or sudo); phase skipped" | tee -a "$OUT/summary.txt"
+      echo "host profile: cannot set it here (needs root or sudo); phase skipped" | tee -a "$OUT/summary.txt"
     fi
     transfers=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select count(*) from ledger_transaction"; done | awk '{s+=$1} END {print s}')
     bytes=$(for i in $(seq 0 $((shards - 1))); do psql "$PG/ledger_bench_${shards}_s$i" -qtA -c "select coalesce(sum(pg_total_relation_size(c.oid)),0)
@@ -150,7 +152,7 @@ for shards in $SHARD_COUNTS; do
     kill "$SAMPLER_PID"; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
     echo "where the CPU went and what commits cost, per phase on $shards shards:" | tee -a "$OUT/summary.txt"
     for phase in uniform-s$shards-home uniform-s$shards-random hot-s$shards-home cross10-s$shards-home cross100-s$shards \
-                 open-s$shards-home open-s$shards-home-writeback uniform-s$shards-home-apart open-s$shards-home-apart; do
+                 open-s$shards-home open-s$shards-home-hostprofile uniform-s$shards-home-apart open-s$shards-home-apart; do
       [ -f "$OUT/$phase.json" ] || continue
       python3 scripts/host_sample.py summarize "$OUT/host-s$shards.csv" "$OUT/$phase.json" "$OUT/$phase.trace.csv" |
         sed 's/^/  /' | tee -a "$OUT/summary.txt"

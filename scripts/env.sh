@@ -99,7 +99,7 @@ ensure_rust() {
 # wal_init_zero=off: a new WAL segment is otherwise written full of zeroes (16 MB) and
 # synced by the backend that needs it, while every other commit of the server waits for
 # the WAL write lock; at ~15 MB/s of WAL that was a 50-100 ms stall about once a second
-# (docs/BENCHMARKS.md section 6). Commits still fdatasync: durability does not change.
+# (docs/BENCHMARKS.md section 7). Commits still fdatasync: durability does not change.
 # track_wal_io_timing=on: the time of each WAL sync, for the benchmark's diagnosis lines
 # (scripts/host_sample.py); it costs two clock reads per WAL write.
 tune_postgres() {
@@ -120,21 +120,24 @@ tune_postgres() {
   fi
 }
 
-# The writeback profile of a database host whose WAL shares one disk with everything else
-# (docs/BENCHMARKS.md section 2): dirty file data is written once it is 1 s old instead
-# of 30 s, and the data disk takes one background write of at most 64 kB at a time
-# (mq-deadline's async_depth, max_sectors_kb), so that a WAL sync never queues behind a
-# burst of table growth and JetStream blocks. Durability does not change: commits still
-# fdatasync. `writeback_profile on` remembers the current values and applies the
-# profile; `writeback_profile off` puts the remembered values back. Needs root, or sudo
-# without a password.
-WRITEBACK_SAVED=""
+# The profile of a database host whose WAL shares one disk with everything else
+# (docs/BENCHMARKS.md sections 1 and 3). Writeback: dirty file data is written once it is
+# 1 s old instead of 30 s, and the data disk takes one background write of at most 64 kB
+# at a time (mq-deadline's async_depth, max_sectors_kb), so that a WAL sync never queues
+# behind a burst of table growth and JetStream blocks. Scheduler: no autogroups
+# (`kernel.sched_autogroup_enabled=0`, often advised for PostgreSQL hosts): PostgreSQL
+# starts every backend in a session of its own, so with autogroups each backend weighs as
+# much on the CPU as the whole node process. Durability does not change: commits still
+# fdatasync. `host_profile on` remembers the current values and applies the profile;
+# `host_profile off` puts the remembered values back. Needs root, or sudo without a
+# password.
+HOST_PROFILE_SAVED=""
 data_disk() { # the block device (not the partition) under PostgreSQL's data, or nothing
   local disk; disk="$(basename "$(findmnt -no SOURCE -T /var/lib/postgresql 2>/dev/null || echo none)")"
   [ -d "/sys/block/$disk" ] || disk="$(lsblk -no PKNAME "/dev/$disk" 2>/dev/null | head -n1 || true)"
   echo "$disk"
 }
-writeback_knobs() { # the files the profile sets, with the profile's values
+host_profile_knobs() { # the files the profile sets, with the profile's values
   local disk; disk="$(data_disk)"
   echo "/proc/sys/vm/dirty_expire_centisecs 100"
   echo "/proc/sys/vm/dirty_writeback_centisecs 100"
@@ -142,30 +145,31 @@ writeback_knobs() { # the files the profile sets, with the profile's values
     echo "/sys/block/$disk/queue/iosched/async_depth 1"
   fi
   [ -n "$disk" ] && [ -e "/sys/block/$disk/queue/max_sectors_kb" ] && echo "/sys/block/$disk/queue/max_sectors_kb 64"
+  [ -e /proc/sys/kernel/sched_autogroup_enabled ] && echo "/proc/sys/kernel/sched_autogroup_enabled 0"
   return 0
 }
 write_as_root() { # file value: never prompts for a password in the middle of a benchmark
   if [ "$(id -u)" -eq 0 ]; then echo "$2" >"$1"; else echo "$2" | sudo -n tee "$1" >/dev/null; fi
 }
-writeback_profile() {
+host_profile() {
   local file value
   case "$1" in
     on)
-      WRITEBACK_SAVED=""
+      HOST_PROFILE_SAVED=""
       while read -r file value; do
-        WRITEBACK_SAVED="$WRITEBACK_SAVED$file $(cat "$file")"$'\n'
-        write_as_root "$file" "$value" 2>/dev/null || { writeback_profile off; return 1; }
-      done < <(writeback_knobs)
+        HOST_PROFILE_SAVED="$HOST_PROFILE_SAVED$file $(cat "$file")"$'\n'
+        write_as_root "$file" "$value" 2>/dev/null || { host_profile off; return 1; }
+      done < <(host_profile_knobs)
       ;;
     off)
       while read -r file value; do
         [ -n "$file" ] && { write_as_root "$file" "$value" 2>/dev/null || true; }
-      done <<<"$WRITEBACK_SAVED"
-      WRITEBACK_SAVED=""
+      done <<<"$HOST_PROFILE_SAVED"
+      HOST_PROFILE_SAVED=""
       ;;
   esac
 }
-describe_writeback_profile() { writeback_knobs | awk '{n=split($1, p, "/"); printf "%s%s=%s", (NR>1?" ":""), p[n], $2}'; }
+describe_host_profile() { host_profile_knobs | awk '{n=split($1, p, "/"); printf "%s%s=%s", (NR>1?" ":""), p[n], $2}'; }
 
 ensure_all() {
   ensure_rust
