@@ -14,7 +14,7 @@ samples to each phase's measured window (`measured_from_unix_s`, `seconds` in
 ledger-load's JSON) and prints the averages: whether a phase was bound by CPU, how many
 transfers each commit carried, how long each WAL sync held up the commits behind it, and
 in how many of its seconds a checkpoint was running. A checkpoint's first seconds write a
-full-page image of every page they change first (docs/BENCHMARKS.md section 1): given
+full-page image of every page they change first (docs/BENCHMARKS.md section 2): given
 ledger-load's `--trace` file, `summarize` also gives the p99 of the answers sent in such a
 wave (the seconds with more than one image per ten transfers) and of the others.
 Standard library only.
