@@ -11,7 +11,9 @@ idle time (/proc/stat), the commits of the databases whose name starts with DB_P
 `track_wal_io_timing=on`), bytes and full-page images (pg_stat_wal, server-wide), and
 whether the checkpointer is at work on a checkpoint (pg_stat_activity). `summarize` matches the
 samples to each phase's measured window (`measured_from_unix_s`, `seconds` in
-ledger-load's JSON) and prints the averages: whether a phase was bound by CPU, how many
+ledger-load's JSON) and prints the averages: whether a phase was bound by CPU, what share
+of its time each process group's threads spent waiting for a core while they could have
+run (`/proc/<pid>/task/<tid>/schedstat`, where the kernel keeps it), how many
 transfers each commit carried, how long each WAL sync held up the commits behind it, and
 in how many of its seconds a checkpoint was running. A checkpoint's first seconds write a
 full-page image of every page they change first (docs/BENCHMARKS.md section 2): given
@@ -48,6 +50,43 @@ def cpu_ticks_by_group():
     return ticks
 
 
+class CoreWaits:
+    """Nanoseconds each group's threads ran and waited on a run queue, summed over the
+    threads alive at each sample. A thread's counters vanish with it, so only the growth
+    seen between two samples (or since a thread appeared) is added, which keeps the totals
+    from going backwards when threads end."""
+
+    def __init__(self):
+        self.seen = {}  # (pid, tid) -> (run_ns, wait_ns)
+        self.totals = {g: [0, 0] for g in GROUPS}
+        self.available = os.path.exists("/proc/self/schedstat")
+
+    def sample(self):
+        if not self.available:
+            return None
+        now = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+                group = next((g for g in GROUPS if comm.startswith(g[:15])), None)
+                if group is None:
+                    continue
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                        run_ns, wait_ns, _ = (int(x) for x in f.read().split())
+                    before = self.seen.get((pid, tid), (0, 0))
+                    self.totals[group][0] += max(0, run_ns - before[0])
+                    self.totals[group][1] += max(0, wait_ns - before[1])
+                    now[(pid, tid)] = (run_ns, wait_ns)
+            except (OSError, ValueError):
+                continue  # the process or thread ended meanwhile
+        self.seen = now
+        return {g: tuple(t) for g, t in self.totals.items()}
+
+
 def idle_ticks():
     with open("/proc/stat") as f:
         fields = f.readline().split()[1:]
@@ -76,13 +115,19 @@ def record(path, pg_url, db_prefix):
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with open(path, "w") as out:
-        out.write("unix_s,idle_ticks," + ",".join(GROUPS) + ",other,commits,wal_syncs,wal_sync_ms,wal_bytes,wal_fpi,checkpointing\n")
+        waits = CoreWaits()
+        out.write(
+            "unix_s,idle_ticks," + ",".join(GROUPS) + ",other,commits,wal_syncs,wal_sync_ms,wal_bytes,wal_fpi,checkpointing,"
+            + ",".join(f"run_ns_{g},wait_ns_{g}" for g in GROUPS) + "\n"
+        )
         while not stop:
             started = time.time()
             ticks = cpu_ticks_by_group()
             counters = postgres_counters(pg_url, db_prefix)
+            run_and_wait = waits.sample()
             row = [f"{started:.3f}", str(idle_ticks())] + [str(ticks[g]) for g in GROUPS + ("other",)]
             row += ["" if c is None else str(c) for c in counters]
+            row += [str(n) for g in GROUPS for n in run_and_wait[g]] if run_and_wait else ["", ""] * len(GROUPS)
             out.write(",".join(row) + "\n")
             out.flush()
             time.sleep(max(0.0, 1.0 - (time.time() - started)))
@@ -126,6 +171,21 @@ def by_full_page_wave(inside, begin, answers, transfers_per_s):
     return line
 
 
+def core_waits(first, last):
+    """'postgres 56%  ledger-router 66% ...': of the time each group's threads could run,
+    the share they waited for a core; None when the samples lack the counters."""
+    shares = []
+    for g in GROUPS:
+        try:
+            ran = int(last[f"run_ns_{g}"]) - int(first[f"run_ns_{g}"])
+            waited = int(last[f"wait_ns_{g}"]) - int(first[f"wait_ns_{g}"])
+        except (KeyError, ValueError):
+            return None
+        if ran > 0:
+            shares.append(f"{g} {waited / (ran + waited):.0%}")
+    return "  ".join(shares) or None
+
+
 def summarize(path, result_path, trace_path=None):
     with open(path) as f:
         header = f.readline().strip().split(",")
@@ -150,6 +210,9 @@ def summarize(path, result_path, trace_path=None):
 
         used = "  ".join(f"{g} {cores(g):.2f}" for g in GROUPS + ("other",) if cores(g) >= 0.005)
         line = f"{phase['name']}: cores used: {used}; idle {cores('idle_ticks'):.2f}"
+        waiting = core_waits(first, last)
+        if waiting:
+            line += f"; waiting for a core: {waiting}"
         if first["commits"] and last["commits"]:
             commits = (int(last["commits"]) - int(first["commits"])) / seconds
             syncs = (int(last["wal_syncs"]) - int(first["wal_syncs"])) / seconds
