@@ -72,17 +72,23 @@ class CoreWaits:
                 with open(f"/proc/{pid}/comm") as f:
                     comm = f.read().strip()
                 group = next((g for g in GROUPS if comm.startswith(g[:15])), None)
-                if group is None:
-                    continue
-                for tid in os.listdir(f"/proc/{pid}/task"):
+                tids = os.listdir(f"/proc/{pid}/task") if group else []
+            except OSError:
+                continue  # the process ended meanwhile
+            for tid in tids:
+                try:
                     with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                         run_ns, wait_ns, _ = (int(x) for x in f.read().split())
-                    before = self.seen.get((pid, tid), (0, 0))
-                    self.totals[group][0] += max(0, run_ns - before[0])
-                    self.totals[group][1] += max(0, wait_ns - before[1])
-                    now[(pid, tid)] = (run_ns, wait_ns)
-            except (OSError, ValueError):
-                continue  # the process or thread ended meanwhile
+                except (OSError, ValueError):
+                    # ended meanwhile; if it did not, its last counters stay the baseline
+                    # so that its whole life is not counted again at the next sample
+                    if (pid, tid) in self.seen:
+                        now[(pid, tid)] = self.seen[(pid, tid)]
+                    continue
+                before = self.seen.get((pid, tid), (0, 0))
+                self.totals[group][0] += max(0, run_ns - before[0])
+                self.totals[group][1] += max(0, wait_ns - before[1])
+                now[(pid, tid)] = (run_ns, wait_ns)
         self.seen = now
         return {g: tuple(t) for g, t in self.totals.items()}
 
