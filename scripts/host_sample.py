@@ -33,7 +33,9 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_ticks_by_group():
+    """CPU ticks per group, and the (pid, group) of every process in one of GROUPS."""
     ticks = dict.fromkeys(GROUPS + ("other",), 0)
+    members = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -47,7 +49,9 @@ def cpu_ticks_by_group():
         used = int(fields[11]) + int(fields[12])  # utime + stime
         group = next((g for g in GROUPS if comm.startswith(g[:15])), "other")
         ticks[group] += used
-    return ticks
+        if group != "other":
+            members.append((pid, group))
+    return ticks, members
 
 
 class CoreWaits:
@@ -61,18 +65,14 @@ class CoreWaits:
         self.totals = {g: [0, 0] for g in GROUPS}
         self.available = os.path.exists("/proc/self/schedstat")
 
-    def sample(self):
+    def sample(self, members):
+        """members: the (pid, group) pairs of cpu_ticks_by_group."""
         if not self.available:
             return None
         now = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+        for pid, group in members:
             try:
-                with open(f"/proc/{pid}/comm") as f:
-                    comm = f.read().strip()
-                group = next((g for g in GROUPS if comm.startswith(g[:15])), None)
-                tids = os.listdir(f"/proc/{pid}/task") if group else []
+                tids = os.listdir(f"/proc/{pid}/task")
             except OSError:
                 continue  # the process ended meanwhile
             for tid in tids:
@@ -128,9 +128,9 @@ def record(path, pg_url, db_prefix):
         )
         while not stop:
             started = time.time()
-            ticks = cpu_ticks_by_group()
+            ticks, members = cpu_ticks_by_group()
             counters = postgres_counters(pg_url, db_prefix)
-            run_and_wait = waits.sample()
+            run_and_wait = waits.sample(members)
             row = [f"{started:.3f}", str(idle_ticks())] + [str(ticks[g]) for g in GROUPS + ("other",)]
             row += ["" if c is None else str(c) for c in counters]
             row += [str(n) for g in GROUPS for n in run_and_wait[g]] if run_and_wait else ["", ""] * len(GROUPS)
