@@ -12,7 +12,9 @@
 # kernel keeps its settings, except for one extra phase at half the peak that runs with a
 # database host's profile (scripts/env.sh: host_profile) and restores them. The node (and
 # a router apart) runs in a session of its own, as a service does, so that with the
-# kernel's autogroups it does not share its CPU share with the load generator.
+# kernel's autogroups it does not share its CPU share with the load generator. Every
+# request asks the ledger how long it held it (`--server-timing`), so that each phase
+# also says how much of its latency was spent inside the ledger and how much on the way.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 ensure_all
@@ -98,7 +100,7 @@ load() { # name, extra args...
   local name="$1"; shift
   "$BIN/ledger-load" --nats "$LEDGER_NATS_URL" --tenant "$TENANT" --accounts "$ACCOUNTS" --skip-setup \
     --duration-s "$SECONDS_PER_PHASE" --warmup-s 5 --name "$name" --out "$OUT/$name.json" --svg "$OUT/$name.svg" \
-    --trace "$OUT/$name.trace.csv" --quiet "$@" |
+    --trace "$OUT/$name.trace.csv" --server-timing --quiet "$@" |
     tee -a "$OUT/summary.txt"
 }
 rate_of() { python3 -c "import json,sys; print(int(json.load(open(sys.argv[1]))['phases'][0]['accepted_per_s']))" "$OUT/$1.json"; }

@@ -6,7 +6,10 @@
 //! its next request when the last is answered) or open loop (Poisson arrivals at a target
 //! rate; latency counted from the scheduled arrival, so queueing is not hidden). Warm-up
 //! is excluded from the results, which go to a JSON file and an SVG plot, and with
-//! `--trace` every measured answer (when it was sent, its latency) to a CSV file.
+//! `--trace` every measured answer (when it was sent, its latency) to a CSV file. With
+//! `--server-timing` each request asks the ledger how long it held it (the
+//! `Ledger-Timing` header of docs/PROTOCOL-NOTES.md), and each phase also reports that
+//! time and the rest of the latency (NATS, this process) apart.
 
 mod report;
 mod workload;
@@ -21,6 +24,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use ledger_core::ring::{HashRing, RingParams, ShardId};
+use ledger_protocol::headers;
 use report::{Latency, Phase};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -109,6 +113,10 @@ struct Args {
     /// microseconds), to line slow answers up with what the host was doing at the time.
     #[arg(long)]
     trace: Option<std::path::PathBuf>,
+    /// Ask the ledger, on every request, how long it held it, and report that time and
+    /// the rest of each answer's latency apart.
+    #[arg(long)]
+    server_timing: bool,
     #[arg(long)]
     quiet: bool,
 }
@@ -128,6 +136,14 @@ struct Target {
     tenant: Uuid,
     ring: HashRing,
     timeout: Duration,
+    server_timing: bool,
+}
+
+/// A request's answer: refused with a code or posted, and the microseconds the ledger
+/// held it when `--server-timing` asked.
+struct Answer {
+    refused: Option<String>,
+    server_us: Option<u64>,
 }
 
 impl Target {
@@ -135,13 +151,23 @@ impl Target {
         format!("ledger.v1.{}.{operation}", self.tenant.hyphenated())
     }
 
-    /// Sends one request: `Ok(None)` posted, `Ok(Some(code))` refused, `Err` no answer.
-    async fn request(&self, subject: String, body: Vec<u8>) -> anyhow::Result<Option<String>> {
-        let reply = tokio::time::timeout(self.timeout, self.client.request(subject, body.into())).await??;
-        match reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error")) {
-            None => Ok(None),
-            Some(code) => Ok(Some(code.as_str().to_owned())),
-        }
+    /// Sends one request; `Err` when no answer came.
+    async fn request(&self, subject: String, body: Vec<u8>) -> anyhow::Result<Answer> {
+        let sending = async {
+            if self.server_timing {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(headers::TIMING_REQUEST, "1");
+                self.client.request_with_headers(subject, headers, body.into()).await
+            } else {
+                self.client.request(subject, body.into()).await
+            }
+        };
+        let reply = tokio::time::timeout(self.timeout, sending).await??;
+        let header = |name: &str| reply.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str());
+        Ok(Answer {
+            refused: header("Nats-Service-Error").map(str::to_owned),
+            server_us: header(headers::SERVER_MICROS).and_then(|v| v.parse().ok()),
+        })
     }
 }
 
@@ -167,6 +193,7 @@ async fn connect(args: &Args) -> anyhow::Result<Target> {
         tenant: args.tenant.unwrap_or_else(Uuid::new_v4),
         ring,
         timeout: Duration::from_millis(args.request_timeout_ms),
+        server_timing: args.server_timing,
     })
 }
 
@@ -190,7 +217,7 @@ async fn for_each_request(
         .map(|(subject, body)| async move { target.request(subject, body).await })
         .buffer_unordered(concurrency);
     while let Some(result) = stream.next().await {
-        if let Some(code) = result? {
+        if let Some(code) = result?.refused {
             bail!("{label}: refused with {code}");
         }
         bar.inc(1);
@@ -246,6 +273,10 @@ async fn setup(target: &Target, population: &Population, args: &Args) -> anyhow:
 /// What every request of a phase adds to.
 struct Tally {
     histogram: Mutex<Histogram<u64>>,
+    /// With `--server-timing`: the time the ledger held each posted request, and the rest
+    /// of its latency.
+    server: Mutex<Histogram<u64>>,
+    outside: Mutex<Histogram<u64>>,
     ok_per_second: Vec<AtomicU64>,
     max_latency_us_per_second: Vec<AtomicU64>,
     rejected: Mutex<BTreeMap<String, u64>>,
@@ -256,10 +287,22 @@ struct Tally {
     answers: Option<std::sync::Mutex<Vec<(u64, u64)>>>,
 }
 
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")
+}
+
+/// The percentiles of a histogram that holds anything.
+async fn latency_if_any(histogram: &Mutex<Histogram<u64>>) -> Option<Latency> {
+    let histogram = histogram.lock().await;
+    (!histogram.is_empty()).then(|| Latency::of(&histogram))
+}
+
 impl Tally {
     fn new(seconds: usize, trace: bool) -> Tally {
         Tally {
-            histogram: Mutex::new(Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")),
+            histogram: Mutex::new(latency_histogram()),
+            server: Mutex::new(latency_histogram()),
+            outside: Mutex::new(latency_histogram()),
             ok_per_second: (0..seconds + 2).map(|_| AtomicU64::new(0)).collect(),
             max_latency_us_per_second: (0..seconds + 2).map(|_| AtomicU64::new(0)).collect(),
             rejected: Mutex::new(BTreeMap::new()),
@@ -270,12 +313,12 @@ impl Tally {
         }
     }
 
-    async fn record(&self, measured_from: Instant, start: Instant, result: anyhow::Result<Option<String>>) {
+    async fn record(&self, measured_from: Instant, start: Instant, result: anyhow::Result<Answer>) {
         let latency_us = measured_from.elapsed().as_micros() as u64;
         let since_start = measured_from.saturating_duration_since(start);
         let second = since_start.as_secs() as usize;
         match result {
-            Ok(None) => {
+            Ok(Answer { refused: None, server_us }) => {
                 self.ok.fetch_add(1, Ordering::Relaxed);
                 if let Some(slot) = self.ok_per_second.get(second) {
                     slot.fetch_add(1, Ordering::Relaxed);
@@ -284,11 +327,15 @@ impl Tally {
                     slot.fetch_max(latency_us, Ordering::Relaxed);
                 }
                 let _ = self.histogram.lock().await.record(latency_us.max(1));
+                if let Some(server_us) = server_us {
+                    let _ = self.server.lock().await.record(server_us.max(1));
+                    let _ = self.outside.lock().await.record(latency_us.saturating_sub(server_us).max(1));
+                }
                 if let Some(answers) = &self.answers {
                     answers.lock().expect("not poisoned").push((since_start.as_micros() as u64, latency_us));
                 }
             }
-            Ok(Some(code)) => *self.rejected.lock().await.entry(code).or_default() += 1,
+            Ok(Answer { refused: Some(code), .. }) => *self.rejected.lock().await.entry(code).or_default() += 1,
             Err(_) => {
                 self.transport_errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -416,6 +463,8 @@ async fn run_phase(
         transport_errors: tally.transport_errors.load(Ordering::Relaxed),
         dropped: tally.dropped.load(Ordering::Relaxed),
         latency_us: Latency::of(&histogram),
+        server_latency_us: latency_if_any(&tally.server).await,
+        outside_latency_us: latency_if_any(&tally.outside).await,
         ok_per_second: tally
             .ok_per_second
             .iter()
@@ -434,10 +483,21 @@ async fn run_phase(
 
 fn summary(phase: &Phase) -> String {
     let l = &phase.latency_us;
+    let ms = |us: u64| us as f64 / 1000.0;
     let offered = phase.offered_per_s.map_or(String::new(), |r| format!("offered {r:.0}/s, "));
     let refused: u64 = phase.rejected.values().sum();
+    let split = match (&phase.server_latency_us, &phase.outside_latency_us) {
+        (Some(server), Some(outside)) => format!(
+            "; held by the ledger p50 {:.2} p99 {:.2}, the rest p50 {:.2} p99 {:.2}",
+            ms(server.p50),
+            ms(server.p99),
+            ms(outside.p50),
+            ms(outside.p99)
+        ),
+        _ => String::new(),
+    };
     format!(
-        "{}: {offered}posted {:.0}/s ({} ok, {} refused {:?}, {} errors, {} dropped); latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+        "{}: {offered}posted {:.0}/s ({} ok, {} refused {:?}, {} errors, {} dropped); latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}{split}",
         phase.name,
         phase.accepted_per_s,
         phase.ok,
@@ -445,11 +505,11 @@ fn summary(phase: &Phase) -> String {
         phase.rejected,
         phase.transport_errors,
         phase.dropped,
-        l.p50 as f64 / 1000.0,
-        l.p90 as f64 / 1000.0,
-        l.p99 as f64 / 1000.0,
-        l.p999 as f64 / 1000.0,
-        l.max as f64 / 1000.0
+        ms(l.p50),
+        ms(l.p90),
+        ms(l.p99),
+        ms(l.p999),
+        ms(l.max)
     )
 }
 

@@ -47,6 +47,14 @@ pub struct Phase {
     /// Open loop: arrivals dropped because `in_flight_max` requests were outstanding.
     pub dropped: u64,
     pub latency_us: Latency,
+    /// With `--server-timing`: how long the ledger held each posted request
+    /// (`Ledger-Server-Micros`), and the rest of its latency (the request's and the
+    /// reply's way through NATS, and this process). Each is a distribution of its own:
+    /// the two p99s need not add up to the p99 of `latency_us`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_latency_us: Option<Latency>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_latency_us: Option<Latency>,
     pub ok_per_second: Vec<u64>,
     /// The slowest answer to a request sent in each second: where the stalls are.
     pub max_latency_ms_per_second: Vec<f64>,

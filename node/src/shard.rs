@@ -32,6 +32,7 @@ use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -90,6 +91,9 @@ pub struct ShardState {
     watermark: Watermark,
     cache: LruCache<Uuid, AccountState>,
     pending: Vec<(Command, RpcReplyPort<WriteResult>)>,
+    /// When the pending batch's flush was scheduled: for the debug line that says how long
+    /// a batch waited for its turn before it was written.
+    flush_scheduled_at: Option<Instant>,
     flush_scheduled: bool,
     batch_commands_max: usize,
     server_gate: Arc<Semaphore>,
@@ -126,6 +130,7 @@ impl Actor for ShardActor {
             watermark,
             cache: LruCache::new(NonZeroUsize::new(args.account_cache_max).expect("config checks > 0")),
             pending: Vec::with_capacity(args.batch_commands_max),
+            flush_scheduled_at: None,
             flush_scheduled: false,
             batch_commands_max: args.batch_commands_max,
             server_gate: args.server_gate,
@@ -156,6 +161,7 @@ impl Actor for ShardActor {
                 state.pending.extend(writes);
                 if !state.flush_scheduled {
                     state.flush_scheduled = true;
+                    state.flush_scheduled_at = Some(Instant::now());
                     schedule_flush(&myself, &state.server_gate)?;
                 }
             }
@@ -176,13 +182,24 @@ impl Actor for ShardActor {
                     return Err(format!("shard {} writer: injected crash", state.shard_id).into());
                 }
                 state.flush_scheduled = false;
+                let flushing = Instant::now();
+                let turn_waited = state.flush_scheduled_at.map(|at| flushing - at);
                 let take = state.pending.len().min(state.batch_commands_max);
                 let batch: Vec<_> = state.pending.drain(..take).collect();
+                let commands = batch.len();
                 let more = !state.pending.is_empty();
                 state.flush(batch).await?;
                 drop(turn);
+                tracing::debug!(
+                    shard_id = state.shard_id,
+                    commands,
+                    turn_waited_us = turn_waited.unwrap_or_default().as_micros() as u64,
+                    flush_us = flushing.elapsed().as_micros() as u64,
+                    "batch flushed"
+                );
                 if more {
                     state.flush_scheduled = true;
+                    state.flush_scheduled_at = Some(Instant::now());
                     schedule_flush(&myself, &state.server_gate)?;
                 }
             }

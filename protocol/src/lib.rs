@@ -9,7 +9,9 @@
 //!   field named), and their conversion into validated core commands.
 //! - [`reply`]: reply bodies (account object, transaction replies, statements).
 //! - [`internal`]: router ↔ shard node messages.
+//! - [`headers`]: the optional timing headers (docs/PROTOCOL-NOTES.md).
 
+pub mod headers;
 pub mod internal;
 pub mod reply;
 pub mod request;

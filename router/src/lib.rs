@@ -28,6 +28,7 @@ use ledger_core::rejection::Rejection;
 use ledger_core::ring::{HashRing, ShardId};
 use ledger_node::config::ClusterConfig;
 use ledger_node::server::{LocalShards, NodeHandles};
+use ledger_protocol::headers;
 use ledger_protocol::internal::{ClaimAnswer, Redirect, ShardReply, ShardRequest, TransactionLookup};
 use ledger_protocol::request::{
     AccountRef, CreateAccountRequest, EmptyRequest, GetTransactionRequest, PostRequest, ReverseRequest, SetStatusRequest,
@@ -38,7 +39,7 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use uuid::Uuid;
@@ -128,6 +129,7 @@ async fn run_beside(config: ClusterConfig, local: LocalShards, shutdown: impl Fu
         let in_flight = in_flight.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(request) = endpoint.next().await {
+                let received = Instant::now();
                 let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
                 let router = router.clone();
                 tokio::spawn(async move {
@@ -135,7 +137,8 @@ async fn run_beside(config: ClusterConfig, local: LocalShards, shutdown: impl Fu
                     // held inline, it made the task so large that copying it on spawn
                     // took about 5% of this process's CPU (docs/BENCHMARKS.md, section 1).
                     let reply = Box::pin(router.handle(&request.message.subject, &request.message.payload)).await;
-                    if let Err(error) = respond(&request, reply).await {
+                    let held = wants_timing(&request.message).then(|| received.elapsed());
+                    if let Err(error) = respond(&request, reply, held).await {
                         warn!(%error, "cannot send a reply");
                     }
                     drop(permit);
@@ -152,16 +155,31 @@ async fn run_beside(config: ClusterConfig, local: LocalShards, shutdown: impl Fu
     Ok(())
 }
 
-/// Sends a reply; a failure carries the JSON error body and both NATS service headers.
-async fn respond(request: &async_nats::service::Request, reply: ShardReply) -> Result<(), async_nats::PublishError> {
+/// Sends a reply; a failure carries the JSON error body and both NATS service headers,
+/// and a reply to a request that asked for it the time the ledger held the request
+/// (`ledger_protocol::headers`).
+async fn respond(
+    request: &async_nats::service::Request,
+    reply: ShardReply,
+    held: Option<Duration>,
+) -> Result<(), async_nats::PublishError> {
     let body = Bytes::copy_from_slice(reply.body.get().as_bytes());
-    if reply.status == 200 {
+    if reply.status == 200 && held.is_none() {
         return request.respond(Ok(body)).await;
     }
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Service-Error-Code", reply.status.to_string().as_str());
-    headers.insert("Nats-Service-Error", reply.error_code().as_deref().unwrap_or("INTERNAL"));
+    if reply.status != 200 {
+        headers.insert("Nats-Service-Error-Code", reply.status.to_string().as_str());
+        headers.insert("Nats-Service-Error", reply.error_code().as_deref().unwrap_or("INTERNAL"));
+    }
+    if let Some(held) = held {
+        headers.insert(headers::SERVER_MICROS, held.as_micros().to_string().as_str());
+    }
     request.respond_with_headers(Ok(body), headers).await
+}
+
+fn wants_timing(message: &async_nats::Message) -> bool {
+    message.headers.as_ref().is_some_and(|headers| headers.get(headers::TIMING_REQUEST).is_some())
 }
 
 fn rejected(rejection: Rejection) -> ShardReply {

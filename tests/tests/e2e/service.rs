@@ -2,7 +2,7 @@
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use ledger_tests::Cluster;
+use ledger_tests::{Cluster, transfer_body};
 use serde_json::json;
 
 #[tokio::test]
@@ -129,5 +129,47 @@ async fn posted_transactions_reach_the_event_stream() {
         }
         db.close().await;
     }
+    cluster.finish().await;
+}
+
+#[tokio::test]
+async fn a_request_that_asks_gets_the_time_the_ledger_held_it() {
+    use ledger_protocol::headers::{SERVER_MICROS, TIMING_REQUEST};
+    let cluster = Cluster::start(2).await;
+    let codes = cluster.codes_on(0, "timed", 2);
+    for code in &codes {
+        cluster.create_account(code, "LIABILITY", "IDR", true).await;
+    }
+    let subject = format!("ledger.v1.{}.transactions.post", cluster.tenant.hyphenated());
+    let body = |key: &str, amount: i64| serde_json::to_vec(&transfer_body(key, &codes[0], &codes[1], amount, "IDR")).unwrap();
+    let asking = || {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(TIMING_REQUEST, "1");
+        headers
+    };
+    let held_us = |message: &async_nats::Message| -> Option<u64> {
+        message.headers.as_ref()?.get(SERVER_MICROS).map(|v| v.as_str().parse().expect("whole microseconds"))
+    };
+
+    let sent = std::time::Instant::now();
+    let posted = cluster.client.request_with_headers(subject.clone(), asking(), body("timed-1", 5).into()).await.unwrap();
+    let round_trip_us = sent.elapsed().as_micros() as u64;
+    let held = held_us(&posted).expect("the reply says how long the ledger held the request");
+    assert!(held > 0 && held <= round_trip_us, "held {held} µs of a {round_trip_us} µs round trip");
+    let headers = posted.headers.as_ref().unwrap();
+    assert!(headers.get("Nats-Service-Error").is_none(), "a posted transfer is not an error");
+    let reply: serde_json::Value = serde_json::from_slice(&posted.payload).unwrap();
+    assert_eq!(reply["replayed"], false, "{reply}");
+
+    // a refusal keeps its error headers beside the timing
+    let refused = cluster.client.request_with_headers(subject.clone(), asking(), body("timed-1", 6).into()).await.unwrap();
+    assert!(held_us(&refused).is_some());
+    let headers = refused.headers.as_ref().unwrap();
+    assert_eq!(headers.get("Nats-Service-Error").unwrap().as_str(), "IDEMPOTENCY_CONFLICT");
+    assert_eq!(headers.get("Nats-Service-Error-Code").unwrap().as_str(), "409");
+
+    // a client that does not ask gets the reply as before: a success carries no headers
+    let plain = cluster.client.request(subject, body("timed-2", 5).into()).await.unwrap();
+    assert!(plain.headers.is_none(), "{:?}", plain.headers);
     cluster.finish().await;
 }
