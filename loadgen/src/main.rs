@@ -272,11 +272,7 @@ async fn setup(target: &Target, population: &Population, args: &Args) -> anyhow:
 
 /// What every request of a phase adds to.
 struct Tally {
-    histogram: Mutex<Histogram<u64>>,
-    /// With `--server-timing`: the time the ledger held each posted request, and the rest
-    /// of its latency.
-    server: Mutex<Histogram<u64>>,
-    outside: Mutex<Histogram<u64>>,
+    latencies: Mutex<Latencies>,
     ok_per_second: Vec<AtomicU64>,
     max_latency_us_per_second: Vec<AtomicU64>,
     rejected: Mutex<BTreeMap<String, u64>>,
@@ -287,22 +283,38 @@ struct Tally {
     answers: Option<std::sync::Mutex<Vec<(u64, u64)>>>,
 }
 
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds")
+/// Posted answers' latencies; with `--server-timing` also the time the ledger held each,
+/// and the rest of its latency. One lock for all three: one per answer.
+struct Latencies {
+    end_to_end: Histogram<u64>,
+    server: Histogram<u64>,
+    outside: Histogram<u64>,
+}
+
+impl Latencies {
+    fn new() -> Latencies {
+        let histogram = || Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds");
+        Latencies { end_to_end: histogram(), server: histogram(), outside: histogram() }
+    }
+
+    fn record(&mut self, latency_us: u64, server_us: Option<u64>) {
+        let _ = self.end_to_end.record(latency_us.max(1));
+        if let Some(server_us) = server_us {
+            let _ = self.server.record(server_us.max(1));
+            let _ = self.outside.record(latency_us.saturating_sub(server_us).max(1));
+        }
+    }
 }
 
 /// The percentiles of a histogram that holds anything.
-async fn latency_if_any(histogram: &Mutex<Histogram<u64>>) -> Option<Latency> {
-    let histogram = histogram.lock().await;
-    (!histogram.is_empty()).then(|| Latency::of(&histogram))
+fn latency_if_any(histogram: &Histogram<u64>) -> Option<Latency> {
+    (!histogram.is_empty()).then(|| Latency::of(histogram))
 }
 
 impl Tally {
     fn new(seconds: usize, trace: bool) -> Tally {
         Tally {
-            histogram: Mutex::new(latency_histogram()),
-            server: Mutex::new(latency_histogram()),
-            outside: Mutex::new(latency_histogram()),
+            latencies: Mutex::new(Latencies::new()),
             ok_per_second: (0..seconds + 2).map(|_| AtomicU64::new(0)).collect(),
             max_latency_us_per_second: (0..seconds + 2).map(|_| AtomicU64::new(0)).collect(),
             rejected: Mutex::new(BTreeMap::new()),
@@ -326,11 +338,7 @@ impl Tally {
                 if let Some(slot) = self.max_latency_us_per_second.get(second) {
                     slot.fetch_max(latency_us, Ordering::Relaxed);
                 }
-                let _ = self.histogram.lock().await.record(latency_us.max(1));
-                if let Some(server_us) = server_us {
-                    let _ = self.server.lock().await.record(server_us.max(1));
-                    let _ = self.outside.lock().await.record(latency_us.saturating_sub(server_us).max(1));
-                }
+                self.latencies.lock().await.record(latency_us, server_us);
                 if let Some(answers) = &self.answers {
                     answers.lock().expect("not poisoned").push((since_start.as_micros() as u64, latency_us));
                 }
@@ -447,7 +455,7 @@ async fn run_phase(
     }
     ticker.abort();
     bar.finish_and_clear();
-    let histogram = tally.histogram.lock().await;
+    let latencies = tally.latencies.lock().await;
     let ok = tally.ok.load(Ordering::Relaxed);
     let answers = tally.answers.as_ref().map(|a| std::mem::take(&mut *a.lock().expect("not poisoned"))).unwrap_or_default();
     let phase = Phase {
@@ -462,9 +470,9 @@ async fn run_phase(
         rejected: tally.rejected.lock().await.clone(),
         transport_errors: tally.transport_errors.load(Ordering::Relaxed),
         dropped: tally.dropped.load(Ordering::Relaxed),
-        latency_us: Latency::of(&histogram),
-        server_latency_us: latency_if_any(&tally.server).await,
-        outside_latency_us: latency_if_any(&tally.outside).await,
+        latency_us: Latency::of(&latencies.end_to_end),
+        server_latency_us: latency_if_any(&latencies.server),
+        outside_latency_us: latency_if_any(&latencies.outside),
         ok_per_second: tally
             .ok_per_second
             .iter()

@@ -91,10 +91,9 @@ pub struct ShardState {
     watermark: Watermark,
     cache: LruCache<Uuid, AccountState>,
     pending: Vec<(Command, RpcReplyPort<WriteResult>)>,
-    /// When the pending batch's flush was scheduled: for the debug line that says how long
-    /// a batch waited for its turn before it was written.
-    flush_scheduled_at: Option<Instant>,
-    flush_scheduled: bool,
+    /// When the pending batch's flush was scheduled, if it is: the debug line of each batch
+    /// says how long it then waited for its turn.
+    flush_scheduled: Option<Instant>,
     batch_commands_max: usize,
     server_gate: Arc<Semaphore>,
     faults: Arc<FaultHooks>,
@@ -130,8 +129,7 @@ impl Actor for ShardActor {
             watermark,
             cache: LruCache::new(NonZeroUsize::new(args.account_cache_max).expect("config checks > 0")),
             pending: Vec::with_capacity(args.batch_commands_max),
-            flush_scheduled_at: None,
-            flush_scheduled: false,
+            flush_scheduled: None,
             batch_commands_max: args.batch_commands_max,
             server_gate: args.server_gate,
             faults: args.faults,
@@ -159,10 +157,8 @@ impl Actor for ShardActor {
         match message {
             ShardMsg::Write(writes) => {
                 state.pending.extend(writes);
-                if !state.flush_scheduled {
-                    state.flush_scheduled = true;
-                    state.flush_scheduled_at = Some(Instant::now());
-                    schedule_flush(&myself, &state.server_gate)?;
+                if state.flush_scheduled.is_none() {
+                    state.schedule_flush(&myself)?;
                 }
             }
             ShardMsg::RebuildBalances(reply) => {
@@ -181,9 +177,8 @@ impl Actor for ShardActor {
                 if state.faults.crash_writer.swap(false, Ordering::SeqCst) {
                     return Err(format!("shard {} writer: injected crash", state.shard_id).into());
                 }
-                state.flush_scheduled = false;
                 let flushing = Instant::now();
-                let turn_waited = state.flush_scheduled_at.map(|at| flushing - at);
+                let turn_waited = state.flush_scheduled.take().map(|at| flushing - at);
                 let take = state.pending.len().min(state.batch_commands_max);
                 let batch: Vec<_> = state.pending.drain(..take).collect();
                 let commands = batch.len();
@@ -198,9 +193,7 @@ impl Actor for ShardActor {
                     "batch flushed"
                 );
                 if more {
-                    state.flush_scheduled = true;
-                    state.flush_scheduled_at = Some(Instant::now());
-                    schedule_flush(&myself, &state.server_gate)?;
+                    state.schedule_flush(&myself)?;
                 }
             }
         }
@@ -230,6 +223,11 @@ fn schedule_flush(myself: &ActorRef<ShardMsg>, server_gate: &Arc<Semaphore>) -> 
 }
 
 impl ShardState {
+    fn schedule_flush(&mut self, myself: &ActorRef<ShardMsg>) -> Result<(), ActorProcessingErr> {
+        self.flush_scheduled = Some(Instant::now());
+        schedule_flush(myself, &self.server_gate)
+    }
+
     async fn flush(&mut self, batch: Vec<(Command, RpcReplyPort<WriteResult>)>) -> Result<(), ActorProcessingErr> {
         let (commands, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
         match self.decide_and_commit(&commands).await {
