@@ -1,5 +1,5 @@
-//! What the database itself guarantees: append-only journal, the currency table, the
-//! projection that can be rebuilt from entries.
+//! What the database itself guarantees: append-only journal, the journal's row rules, the
+//! currency table, the projection that can be rebuilt from entries.
 
 use ledger_tests::Cluster;
 
@@ -73,6 +73,90 @@ async fn journal_rows_cannot_be_updated_or_deleted_by_the_service_role() {
     }
     let fetched = cluster.call("transactions.get", serde_json::json!({"ledger_tx_id": posted["ledger_tx_id"]})).await.ok();
     assert_eq!(fetched["entries"][0]["amount_minor"], 700);
+    cluster.finish().await;
+}
+
+/// The journal's row rules hold in the database itself, whatever writes there: a
+/// statement that breaks one fails with `check_violation` and writes nothing. (Since
+/// migration 0009 the one-column rules are domains; this holds them to the same promise
+/// as the table checks they replaced.)
+#[tokio::test]
+async fn the_database_refuses_rows_that_break_the_journal_rules() {
+    let cluster = Cluster::foundation().await;
+    cluster.create_account("cash", "ASSET", "IDR", false).await;
+    cluster.create_account("alice", "LIABILITY", "IDR", false).await;
+    cluster.transfer("t1", "cash", "alice", 700, "IDR").await.ok();
+    let entry_copy = |amount: &str, side: &str| {
+        format!(
+            "insert into ledger_entry (ledger_entry_id, ledger_tx_id, tenant_id, account_id, entry_side, amount_minor,
+                 currency_code, entry_seq, balance_after_minor, commit_seq, effective_at, posted_at)
+             select gen_random_uuid(), ledger_tx_id, tenant_id, account_id, {side}, {amount}, currency_code, 99,
+                 balance_after_minor, commit_seq, effective_at, posted_at
+             from ledger_entry limit 1"
+        )
+    };
+    let transaction_copy = |status: &str, ref_type: &str| {
+        format!(
+            "insert into ledger_transaction (ledger_tx_id, tenant_id, commit_seq, tx_type, tx_status, idempotency_key,
+                 request_fingerprint, external_ref_type, external_ref, occurred_at, posted_at, created_by)
+             select gen_random_uuid(), tenant_id, commit_seq, tx_type, {status}, idempotency_key || '-copy',
+                 request_fingerprint, {ref_type}, null, occurred_at, posted_at, created_by
+             from ledger_transaction limit 1"
+        )
+    };
+    let key = |status: &str| {
+        format!(
+            "insert into ledger_idempotency (tenant_id, idempotency_key, request_fingerprint, status, expires_at)
+             values (gen_random_uuid(), 'rule-test', 'fp', {status}, now() + interval '1 day')"
+        )
+    };
+    let broken = [
+        ("a zero amount", entry_copy("0", "entry_side")),
+        ("a negative amount", entry_copy("-5", "entry_side")),
+        ("an unknown side", entry_copy("amount_minor", "'SIDEWAYS'")),
+        ("an unknown transaction status", transaction_copy("'LOST'", "external_ref_type")),
+        ("a reference type without a reference", transaction_copy("tx_status", "'psp'")),
+        ("an unknown key status", key("'DONE'")),
+        ("a succeeded key without its transaction", key("'SUCCEEDED'")),
+        ("negative debit totals", "update account_balance set debits_minor = -1".to_string()),
+        ("negative credit totals", "update account_balance set credits_minor = -1".to_string()),
+        ("negative pending debits", "update account_balance set pending_debits_minor = -1".to_string()),
+        ("negative pending credits", "update account_balance set pending_credits_minor = -1".to_string()),
+        ("negative unsettled debits", "update account_balance set unsettled_debits_minor = -1".to_string()),
+        ("negative unsettled credits", "update account_balance set unsettled_credits_minor = -1".to_string()),
+    ];
+    let mut shards_with_a_journal = 0;
+    for shard in 0..cluster.config.shards.len() {
+        let db = cluster.db(shard).await;
+        let entries: i64 = sqlx::query_scalar("select count(*) from ledger_entry").fetch_one(&db).await.unwrap();
+        let balances: i64 = sqlx::query_scalar("select count(*) from account_balance").fetch_one(&db).await.unwrap();
+        if entries == 0 || balances == 0 {
+            db.close().await;
+            continue;
+        }
+        shards_with_a_journal += 1;
+        let balances_now = "select md5(string_agg(b::text, ',' order by account_id)) from account_balance b";
+        let balances_before: String = sqlx::query_scalar(balances_now).fetch_one(&db).await.unwrap();
+        let before = cluster.footprint().await;
+        // the same rows, written as they are, are accepted: the rule is what fails below
+        let mut trial = db.begin().await.unwrap();
+        for valid in
+            [entry_copy("amount_minor", "entry_side"), transaction_copy("tx_status", "external_ref_type"), key("'PROCESSING'")]
+        {
+            sqlx::query(sqlx::AssertSqlSafe(valid.clone())).execute(&mut *trial).await.expect(&valid);
+        }
+        trial.rollback().await.unwrap();
+        for (rule, sql) in &broken {
+            let error = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&db).await.expect_err(rule);
+            let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
+            assert_eq!(code.as_deref(), Some("23514"), "{rule}: {error}");
+        }
+        assert_eq!(cluster.footprint().await, before, "a refused statement wrote nothing");
+        let balances_after: String = sqlx::query_scalar(balances_now).fetch_one(&db).await.unwrap();
+        assert_eq!(balances_after, balances_before, "a refused update changed no balance");
+        db.close().await;
+    }
+    assert!(shards_with_a_journal > 0, "the transfer left a journal somewhere");
     cluster.finish().await;
 }
 
