@@ -9,7 +9,8 @@
 -- checked on every insert and update exactly as the table check was.
 --
 -- Rules that relate two columns stay table checks: a transaction's external reference
--- type and value, a succeeded key's transaction, the shard's singleton row.
+-- type and value, a succeeded key's transaction. So does the shard row's `check
+-- (singleton)`, a boolean column of its own whose expression is the column itself.
 -- ck_ledger_tx_posted_at ("a POSTED transaction has posted_at") is dropped without a
 -- replacement because posted_at is NOT NULL (and part of the primary key), which says more.
 --
