@@ -7,7 +7,10 @@
 #   BENCH_MILLION    1 = also load 1,000,000 accounts and report node memory (slow)
 # The cluster runs as one process, the router beside the node (`ledger-router --node`);
 # on the largest shard count the uniform and half-peak open-loop phases run again with
-# the router in a process of its own, for comparison.
+# the router in a process of its own, for comparison; then, with the cluster stopped, the
+# same load against `ledger-echo` (the protocol's subjects answered with nothing behind
+# them) closed loop and at a quarter and half of the cluster's peak: the floor that the
+# way through NATS and the load generator sets on this machine by itself.
 # It tunes the local PostgreSQL first (scripts/env.sh: tune_postgres) and restarts it. The
 # kernel keeps its settings, except for one extra phase at half the peak that runs with a
 # database host's profile (scripts/env.sh: host_profile) and restores them. The node (and
@@ -92,6 +95,10 @@ start_cluster_apart() { # config, shards: a node process and a router process
   setsid "$BIN/ledger-router" --config "$1" >"$OUT/router-$2.log" 2>&1 & ROUTER_PID=$!
   for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
 }
+start_echo() { # shards: ledger-echo reports that many in its topology
+  setsid "$BIN/ledger-echo" --nats "$LEDGER_NATS_URL" --shards "$1" >"$OUT/echo.log" 2>&1 & NODE_PID=$!; ROUTER_PID=""
+  for _ in $(seq 1 100); do grep -q "ledger-echo serving" "$OUT/echo.log" && break; sleep 0.1; done
+}
 SAMPLER_PID=""
 stop_cluster() { kill $ROUTER_PID $NODE_PID 2>/dev/null || true; wait $ROUTER_PID $NODE_PID 2>/dev/null || true; }
 trap 'stop_cluster; host_profile off; [ -z "$SAMPLER_PID" ] || kill "$SAMPLER_PID" 2>/dev/null || true' EXIT
@@ -151,10 +158,16 @@ for shards in $SHARD_COUNTS; do
     start_cluster_apart "$config" "$shards"
     load "uniform-s$shards-home-apart" --concurrency 1024 --keys home
     load "open-s$shards-home-apart" --mode open --rate "$half" --concurrency 8192 --keys home
+    # the floor (docs/BENCHMARKS.md, "The floor"): nothing behind the subjects
+    stop_cluster
+    start_echo "$shards"
+    load "floor-s$shards" --concurrency 1024 --keys home
+    load "floor-open-s$shards" --mode open --rate "$((half / 2)),$half" --concurrency 8192 --keys home
     kill "$SAMPLER_PID"; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
     echo "where the CPU went and what commits cost, per phase on $shards shards:" | tee -a "$OUT/summary.txt"
     for phase in uniform-s$shards-home uniform-s$shards-random hot-s$shards-home cross10-s$shards-home cross100-s$shards \
-                 open-s$shards-home open-s$shards-home-hostprofile uniform-s$shards-home-apart open-s$shards-home-apart; do
+                 open-s$shards-home open-s$shards-home-hostprofile uniform-s$shards-home-apart open-s$shards-home-apart \
+                 floor-s$shards floor-open-s$shards; do
       [ -f "$OUT/$phase.json" ] || continue
       python3 scripts/host_sample.py summarize "$OUT/host-s$shards.csv" "$OUT/$phase.json" "$OUT/$phase.trace.csv" |
         sed 's/^/  /' | tee -a "$OUT/summary.txt"
@@ -180,13 +193,23 @@ latest_rate() { # phase-name pattern -> its rate in the largest shard count's ru
 }
 apart=$(latest_rate 'uniform-s*-home-apart')
 random=$(latest_rate 'uniform-s*-random')
-python3 - "$best_ours" "$best_naive" "$apart" "$random" <<'PY' | tee -a "$OUT/summary.txt"
-import sys
+python3 - "$best_ours" "$best_naive" "$apart" "$random" "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
+import glob, json, sys
 ours, naive, apart, random = (int(a) for a in sys.argv[1:5])
 print(f"RATIO uniform single-shard (best over shard counts, keys homed) / naive best: {ours} / {naive} = {ours / max(naive, 1):.2f}x")
 if apart:
     print(f"  (router in its own process, largest shard count: {apart} / {naive} = {apart / max(naive, 1):.2f}x)")
 if random:
     print(f"  (random keys, most of them homed on another shard than the accounts, largest shard count: {random} / {naive} = {random / max(naive, 1):.2f}x)")
+# half the peak, the ledger against the floor (ledger-echo) at the same rate
+def half_peak_phase(pattern):
+    files = sorted(glob.glob(f"{sys.argv[5]}/{pattern}.json"))
+    phases = json.load(open(files[-1]))["phases"] if files else []
+    return phases[1] if len(phases) > 1 else None
+ledger, floor = half_peak_phase("open-s*-home"), half_peak_phase("floor-open-s*")
+if ledger and floor:
+    p99 = lambda phase: phase["latency_us"]["p99"] / 1000
+    print(f"HALF THE PEAK, open loop at {ledger['offered_per_s']:.0f}/s: p99 {p99(ledger):.1f} ms (target 25); "
+          f"the message path alone (ledger-echo, nothing behind it) at {floor['offered_per_s']:.0f}/s: p99 {p99(floor):.1f} ms")
 PY
 say "results in $OUT"

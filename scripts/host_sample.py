@@ -6,19 +6,21 @@
                                                        # one line per phase of RESULT.json
 
 `record` reads, once a second: CPU time per process group (/proc/<pid>/stat), the host's
-idle time (/proc/stat), the commits of the databases whose name starts with DB_PREFIX
-(pg_stat_database) and PostgreSQL's WAL: syncs, the time spent in them (needs
-`track_wal_io_timing=on`), bytes and full-page images (pg_stat_wal, server-wide), and
-whether the checkpointer is at work on a checkpoint (pg_stat_activity). `summarize` matches the
-samples to each phase's measured window (`measured_from_unix_s`, `seconds` in
-ledger-load's JSON) and prints the averages: whether a phase was bound by CPU, what share
-of its time each process group's threads spent waiting for a core while they could have
-run (`/proc/<pid>/task/<tid>/schedstat`, where the kernel keeps it), how many
-transfers each commit carried, how long each WAL sync held up the commits behind it, and
-in how many of its seconds a checkpoint was running. A checkpoint's first seconds write a
-full-page image of every page they change first (docs/BENCHMARKS.md section 2): given
-ledger-load's `--trace` file, `summarize` also gives the p99 of the answers sent in such a
-wave (the seconds with more than one image per ten transfers) and of the others.
+idle time and the time the hypervisor gave this machine's virtual cores to other guests
+while they had work ("steal", /proc/stat), the commits of the databases whose name starts
+with DB_PREFIX (pg_stat_database) and PostgreSQL's WAL: syncs, the time spent in them
+(needs `track_wal_io_timing=on`), bytes and full-page images (pg_stat_wal, server-wide),
+and whether the checkpointer is at work on a checkpoint (pg_stat_activity). `summarize`
+matches the samples to each phase's measured window (`measured_from_unix_s`, `seconds` in
+ledger-load's JSON) and prints the averages: whether a phase was bound by CPU, the CPU
+time per answer (all processes together), what share of its time each process group's
+threads spent waiting for a core while they could have run
+(`/proc/<pid>/task/<tid>/schedstat`, where the kernel keeps it), how many transfers each
+commit carried, how long each WAL sync held up the commits behind it, and in how many of
+its seconds a checkpoint was running. A checkpoint's first seconds write a full-page image
+of every page they change first (docs/BENCHMARKS.md section 2): given ledger-load's
+`--trace` file, `summarize` also gives the p99 of the answers sent in such a wave (the
+seconds with more than one image per ten transfers) and of the others.
 Standard library only.
 """
 import json
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import time
 
-GROUPS = ("postgres", "ledger-router", "ledger-node", "nats-server", "ledger-load")
+GROUPS = ("postgres", "ledger-router", "ledger-node", "ledger-echo", "nats-server", "ledger-load")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -93,10 +95,10 @@ class CoreWaits:
         return {g: tuple(t) for g, t in self.totals.items()}
 
 
-def idle_ticks():
+def idle_and_steal_ticks():
     with open("/proc/stat") as f:
         fields = f.readline().split()[1:]
-    return int(fields[3]) + int(fields[4])  # idle + iowait
+    return int(fields[3]) + int(fields[4]), int(fields[7])  # idle + iowait, steal
 
 
 def postgres_counters(pg_url, db_prefix):
@@ -123,7 +125,7 @@ def record(path, pg_url, db_prefix):
     with open(path, "w") as out:
         waits = CoreWaits()
         out.write(
-            "unix_s,idle_ticks," + ",".join(GROUPS) + ",other,commits,wal_syncs,wal_sync_ms,wal_bytes,wal_fpi,checkpointing,"
+            "unix_s,idle_ticks,steal_ticks," + ",".join(GROUPS) + ",other,commits,wal_syncs,wal_sync_ms,wal_bytes,wal_fpi,checkpointing,"
             + ",".join(f"run_ns_{g},wait_ns_{g}" for g in GROUPS) + "\n"
         )
         while not stop:
@@ -131,7 +133,7 @@ def record(path, pg_url, db_prefix):
             ticks, members = cpu_ticks_by_group()
             counters = postgres_counters(pg_url, db_prefix)
             run_and_wait = waits.sample(members)
-            row = [f"{started:.3f}", str(idle_ticks())] + [str(ticks[g]) for g in GROUPS + ("other",)]
+            row = [f"{started:.3f}", *(str(t) for t in idle_and_steal_ticks())] + [str(ticks[g]) for g in GROUPS + ("other",)]
             row += ["" if c is None else str(c) for c in counters]
             row += [str(n) for g in GROUPS for n in run_and_wait[g]] if run_and_wait else ["", ""] * len(GROUPS)
             out.write(",".join(row) + "\n")
@@ -182,6 +184,8 @@ def core_waits(first, last):
     the share they waited for a core; None when the samples lack the counters."""
     shares = []
     for g in GROUPS:
+        if f"run_ns_{g}" not in last:
+            continue  # recorded before this group was known
         try:
             ran = int(last[f"run_ns_{g}"]) - int(first[f"run_ns_{g}"])
             waited = int(last[f"wait_ns_{g}"]) - int(first[f"wait_ns_{g}"])
@@ -214,8 +218,15 @@ def summarize(path, result_path, trace_path=None):
         def cores(key):
             return (int(last[key]) - int(first[key])) / TICKS / seconds
 
-        used = "  ".join(f"{g} {cores(g):.2f}" for g in GROUPS + ("other",) if cores(g) >= 0.005)
+        used = "  ".join(f"{g} {cores(g):.2f}" for g in GROUPS + ("other",) if g in last and cores(g) >= 0.005)
         line = f"{phase['name']}: cores used: {used}; idle {cores('idle_ticks'):.2f}"
+        if "steal_ticks" in last:
+            line += f"; stolen by the hypervisor {cores('steal_ticks'):.2f}"
+        busy = sum(cores(g) for g in GROUPS + ("other",) if g in last)
+        if phase["accepted_per_s"] > 0:
+            # what each answer cost the machine, all processes together: at lower rates
+            # every process wakes up for fewer messages at a time
+            line += f"; {busy / phase['accepted_per_s'] * 1e6:.0f} µs of CPU per answer"
         waiting = core_waits(first, last)
         if waiting:
             line += f"; waiting for a core: {waiting}"

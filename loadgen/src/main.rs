@@ -9,7 +9,9 @@
 //! `--trace` every measured answer (when it was sent, its latency) to a CSV file. With
 //! `--server-timing` each request asks the ledger how long it held it (the
 //! `Ledger-Timing` header of docs/PROTOCOL-NOTES.md), and each phase also reports that
-//! time and the rest of the latency (NATS, this process) apart.
+//! time and the rest of the latency (NATS, this process) apart. Pointed at `ledger-echo`
+//! (`ledger_load::echo`), whose topology says so, it measures the message path alone and
+//! says in its results that nothing was posted.
 
 mod report;
 mod workload;
@@ -137,6 +139,8 @@ struct Target {
     ring: HashRing,
     timeout: Duration,
     server_timing: bool,
+    /// The topology came from `ledger-echo` (`ledger_load::echo`): answers, nothing posted.
+    diagnostic_echo: bool,
 }
 
 /// A request's answer: refused with a code or posted, and the microseconds the ledger
@@ -194,6 +198,7 @@ async fn connect(args: &Args) -> anyhow::Result<Target> {
         ring,
         timeout: Duration::from_millis(args.request_timeout_ms),
         server_timing: args.server_timing,
+        diagnostic_echo: topology["diagnostic_echo"].as_bool().unwrap_or(false),
     })
 }
 
@@ -489,14 +494,15 @@ async fn run_phase(
     (phase, answers)
 }
 
-fn summary(phase: &Phase) -> String {
+fn summary(phase: &Phase, diagnostic_echo: bool) -> String {
     let l = &phase.latency_us;
     let ms = |us: u64| us as f64 / 1000.0;
     let offered = phase.offered_per_s.map_or(String::new(), |r| format!("offered {r:.0}/s, "));
     let refused: u64 = phase.rejected.values().sum();
     let split = match (&phase.server_latency_us, &phase.outside_latency_us) {
         (Some(server), Some(outside)) => format!(
-            "; held by the ledger p50 {:.2} p99 {:.2}, the rest p50 {:.2} p99 {:.2}",
+            "; held by {} p50 {:.2} p99 {:.2}, the rest p50 {:.2} p99 {:.2}",
+            if diagnostic_echo { "ledger-echo" } else { "the ledger" },
             ms(server.p50),
             ms(server.p99),
             ms(outside.p50),
@@ -505,8 +511,9 @@ fn summary(phase: &Phase) -> String {
         _ => String::new(),
     };
     format!(
-        "{}: {offered}posted {:.0}/s ({} ok, {} refused {:?}, {} errors, {} dropped); latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}{split}",
+        "{}: {offered}{} {:.0}/s ({} ok, {} refused {:?}, {} errors, {} dropped); latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}{split}",
         phase.name,
+        if diagnostic_echo { "answered by ledger-echo (nothing posted)" } else { "posted" },
         phase.accepted_per_s,
         phase.ok,
         refused,
@@ -559,13 +566,14 @@ async fn main() -> anyhow::Result<()> {
             None => format!("{}x{}", args.name, args.concurrency),
         };
         let (phase, answers) = run_phase(target.clone(), generator.clone(), &args, name, rate).await;
-        println!("{}", summary(&phase));
+        println!("{}", summary(&phase, target.diagnostic_echo));
         report::trace_lines(&mut trace, &phase.name, &answers);
         phases.push(phase);
     }
     let result = json!({
         "tenant": target.tenant,
         "shards": target.ring.shards(),
+        "diagnostic_echo": target.diagnostic_echo,
         "config": {
             "accounts": args.accounts, "mode": format!("{:?}", args.mode).to_lowercase(), "concurrency": args.concurrency,
             "rates": args.rate, "duration_s": args.duration_s, "warmup_s": args.warmup_s,

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod database;
+mod echo;
 mod errors;
 mod faults;
 mod idempotency;
