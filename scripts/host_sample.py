@@ -230,7 +230,8 @@ def summarize(path, result_path, trace_path=None):
         waiting = core_waits(first, last)
         if waiting:
             line += f"; waiting for a core: {waiting}"
-        if first["commits"] and last["commits"]:
+        # a phase against ledger-echo commits nothing: no PostgreSQL part then
+        if first["commits"] and last["commits"] and int(last["commits"]) > int(first["commits"]):
             commits = (int(last["commits"]) - int(first["commits"])) / seconds
             syncs = (int(last["wal_syncs"]) - int(first["wal_syncs"])) / seconds
             sync_ms = float(last["wal_sync_ms"]) - float(first["wal_sync_ms"])
