@@ -95,9 +95,10 @@ start_cluster_apart() { # config, shards: a node process and a router process
   setsid "$BIN/ledger-router" --config "$1" >"$OUT/router-$2.log" 2>&1 & ROUTER_PID=$!
   for _ in $(seq 1 100); do "$BIN/ledgerctl" --nats "$LEDGER_NATS_URL" topology >/dev/null 2>&1 && break; sleep 0.1; done
 }
-start_echo() { # shards: ledger-echo reports that many in its topology
+start_echo() { # shards: ledger-echo reports that many in its topology; fails if it did not start
   setsid "$BIN/ledger-echo" --nats "$LEDGER_NATS_URL" --shards "$1" >"$OUT/echo.log" 2>&1 & NODE_PID=$!; ROUTER_PID=""
   for _ in $(seq 1 100); do grep -q "ledger-echo serving" "$OUT/echo.log" && break; sleep 0.1; done
+  grep -q "ledger-echo serving" "$OUT/echo.log"
 }
 SAMPLER_PID=""
 stop_cluster() { kill $ROUTER_PID $NODE_PID 2>/dev/null || true; wait $ROUTER_PID $NODE_PID 2>/dev/null || true; }
@@ -160,9 +161,12 @@ for shards in $SHARD_COUNTS; do
     load "open-s$shards-home-apart" --mode open --rate "$half" --concurrency 8192 --keys home
     # the floor (docs/BENCHMARKS.md, "The floor"): nothing behind the subjects
     stop_cluster
-    start_echo "$shards"
-    load "floor-s$shards" --concurrency 1024 --keys home
-    load "floor-open-s$shards" --mode open --rate "$((half / 2)),$half" --concurrency 8192 --keys home
+    if start_echo "$shards"; then
+      load "floor-s$shards" --concurrency 1024 --keys home
+      load "floor-open-s$shards" --mode open --rate "$((half / 2)),$half" --concurrency 8192 --keys home
+    else
+      echo "floor: ledger-echo did not start ($(tail -n 1 "$OUT/echo.log")); its phases are skipped" | tee -a "$OUT/summary.txt"
+    fi
     kill "$SAMPLER_PID"; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
     echo "where the CPU went and what commits cost, per phase on $shards shards:" | tee -a "$OUT/summary.txt"
     for phase in uniform-s$shards-home uniform-s$shards-random hot-s$shards-home cross10-s$shards-home cross100-s$shards \

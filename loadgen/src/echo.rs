@@ -89,21 +89,19 @@ pub async fn start(client: async_nats::Client, topology: EchoTopology) -> anyhow
         .start(ECHO_SERVICE, env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("start the echo service: {e}"))?;
-    let posts = service
-        .endpoint_builder()
-        .name("transactions_post")
-        .add(POST_SUBJECT)
-        .await
-        .map_err(|e| anyhow::anyhow!("add {POST_SUBJECT}: {e}"))?;
-    let topologies = service
-        .endpoint_builder()
-        .name("admin_topology")
-        .add(TOPOLOGY_SUBJECT)
-        .await
-        .map_err(|e| anyhow::anyhow!("add {TOPOLOGY_SUBJECT}: {e}"))?;
+    let posts = endpoint(&service, "transactions_post", POST_SUBJECT).await?;
+    let topologies = endpoint(&service, "admin_topology", TOPOLOGY_SUBJECT).await?;
     client.flush().await.context("flush the subscriptions")?;
     let topology_body = Bytes::from(serde_json::to_vec(&topology.reply())?);
     Ok(Echo { client, _service: service, posts, topologies, topology_body })
+}
+
+async fn endpoint(
+    service: &async_nats::service::Service,
+    name: &str,
+    subject: &'static str,
+) -> anyhow::Result<async_nats::service::endpoint::Endpoint> {
+    service.endpoint_builder().name(name).add(subject).await.map_err(|e| anyhow::anyhow!("add {subject}: {e}"))
 }
 
 impl Echo {
