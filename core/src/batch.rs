@@ -365,19 +365,9 @@ pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Comman
     let mut planner = Planner { input, snapshot, ids, writes: Writes::default(), next_commit_seq: input.next_commit_seq };
     let outcomes = commands
         .iter()
-        .map(|command| match command {
-            Command::CreateAccount(c) => planner.create_account(c),
-            Command::SetStatus(c) => planner.set_status(c),
-            Command::Post(c) => planner.post(c),
-            Command::Reverse(c) => planner.reverse(c),
-            Command::ClaimKey(c) => planner.claim_key(c),
-            Command::CompleteKey(c) => planner.complete_key(c),
-            Command::ClaimRef(c) => planner.claim_ref(c),
-            Command::CompleteRef(c) => planner.complete_ref(c),
-            Command::BeginSaga(c) => planner.begin_saga(c),
-            Command::SagaProgress(c) => planner.saga_progress(c),
-            Command::SagaStep(c) => planner.saga_step(c),
-            Command::AbandonKey(c) => planner.abandon_key(c),
+        .map(|command| match crate::recheck::command(command, input.shard_id) {
+            Err(rejection) => Outcome::Rejected(rejection),
+            Ok(()) => planner.decide(command),
         })
         .collect();
     let mut writes = planner.writes;
@@ -385,6 +375,26 @@ pub fn plan_batch(input: BatchInput, snapshot: &mut Snapshot, commands: &[Comman
     keep_last_by(&mut writes.ref_claims, |row| (row.tenant_id, row.external_ref.clone()));
     keep_last_by(&mut writes.sagas, |row| row.saga_id);
     BatchPlan { outcomes, writes, next_commit_seq: planner.next_commit_seq }
+}
+
+impl<I: IdSource> Planner<'_, I> {
+    /// Decides one command that passed [`crate::recheck::command`].
+    fn decide(&mut self, command: &Command) -> Outcome {
+        match command {
+            Command::CreateAccount(c) => self.create_account(c),
+            Command::SetStatus(c) => self.set_status(c),
+            Command::Post(c) => self.post(c),
+            Command::Reverse(c) => self.reverse(c),
+            Command::ClaimKey(c) => self.claim_key(c),
+            Command::CompleteKey(c) => self.complete_key(c),
+            Command::ClaimRef(c) => self.claim_ref(c),
+            Command::CompleteRef(c) => self.complete_ref(c),
+            Command::BeginSaga(c) => self.begin_saga(c),
+            Command::SagaProgress(c) => self.saga_progress(c),
+            Command::SagaStep(c) => self.saga_step(c),
+            Command::AbandonKey(c) => self.abandon_key(c),
+        }
+    }
 }
 
 /// Whether a refusal with this status and body is remembered under its key (PROTOCOL.md:
@@ -950,8 +960,13 @@ impl<I: IdSource> Planner<'_, I> {
                     Ok(effects) => effects,
                     Err(rejection) => return refused(self, rejection),
                 };
-                // only a leg that posts creates its clearing account
                 let clearing = clearing_entries(tenant_id, self.input.shard_id, entries, command.header.entry_count);
+                let whole_leg: Vec<EntryCommand> =
+                    client_entries.iter().chain(clearing.iter().map(|e| &e.entry)).cloned().collect();
+                if let Err(rejection) = crate::validate::balanced(&whole_leg) {
+                    return refused(self, rejection);
+                }
+                // only a leg that posts creates its clearing account
                 for c in &clearing {
                     self.ensure_clearing_account(tenant_id, c.entry.currency);
                 }
@@ -1181,6 +1196,10 @@ impl<I: IdSource> Planner<'_, I> {
     }
 
     fn accept(&mut self, tx: Accepted<'_>) -> Outcome {
+        // whatever path led here, nothing that does not balance is written
+        if let Err(rejection) = crate::validate::balanced(tx.entries) {
+            return Outcome::Rejected(rejection);
+        }
         let now = self.now();
         let ledger_tx_id = tx.ledger_tx_id.unwrap_or_else(|| self.ids.ledger_id(now, self.input.shard_id));
         let commit_seq = self.next_commit_seq;
@@ -1913,7 +1932,7 @@ mod tests {
     mod sagas {
         use super::*;
         use crate::command::{BeginSagaCommand, SagaProgressCommand, SagaStepCommand};
-        use crate::saga::{LegHeader, SagaKind, SagaStep, StepStatus, clearing_account_id};
+        use crate::saga::{LegHeader, PlannedStep, SagaKind, SagaStep, StepStatus, clearing_account_id};
 
         fn header() -> LegHeader {
             LegHeader {
@@ -1940,16 +1959,39 @@ mod tests {
             }
         }
 
+        /// The plan a coordinator would send with a forward step: its action at `step` on this
+        /// shard (3), and a leg on another shard that balances it, after it if the step is
+        /// held (every leg but the last is), else before it.
+        fn plan_around(step: usize, action: &StepAction, hold: bool) -> Vec<PlannedStep> {
+            let elsewhere = |action| PlannedStep { shard: 9, action };
+            let counter = match action {
+                StepAction::Post { entries } => {
+                    assert_eq!(entries.len(), 1, "single-entry legs; the other entry is the counter leg's");
+                    let e = &entries[0];
+                    let entry =
+                        EntryCommand { account_id: Uuid::from_u128(0xc0), side: e.entry.side.opposite(), ..e.entry.clone() };
+                    StepAction::Post { entries: vec![LegEntry { seq: 3 - e.seq, entry }] }
+                }
+                StepAction::ClaimReversal { of } | StepAction::Mirror { of } => StepAction::Mirror { of: *of },
+            };
+            let mut plan: Vec<PlannedStep> = (0..step).map(|_| elsewhere(StepAction::Post { entries: vec![] })).collect();
+            plan.push(PlannedStep { shard: 3, action: action.clone() });
+            if hold || matches!(action, StepAction::ClaimReversal { .. }) {
+                plan.push(elsewhere(counter));
+            } else {
+                assert!(step >= 1, "an unheld leg is its saga's last: give it a step after the first");
+                plan[0] = elsewhere(counter);
+            }
+            plan
+        }
+
         fn phase_step(saga_id: Uuid, step: usize, phase: StepPhase, hold: bool, action: StepAction) -> Command {
-            Command::SagaStep(Box::new(SagaStepCommand {
-                tenant_id: TENANT,
-                saga_id,
-                step,
-                phase,
-                hold,
-                action,
-                header: header(),
-            }))
+            let mut header = header();
+            if !matches!(action, StepAction::Post { .. }) {
+                header.tx_type = TX_TYPE_REVERSAL.into();
+            }
+            let plan = if phase == StepPhase::Forward { plan_around(step, &action, hold) } else { Vec::new() };
+            Command::SagaStep(Box::new(SagaStepCommand { tenant_id: TENANT, saga_id, step, phase, hold, action, header, plan }))
         }
 
         fn step(saga_id: Uuid, step: usize, undo: bool, action: StepAction) -> Command {
@@ -1988,21 +2030,21 @@ mod tests {
             let mut shard = funded_shard();
             let saga_id = SequentialIds(900).saga_id(at(0), 1);
             let action = StepAction::Post { entries: vec![leg("alice", Side::Debit, 300, 1)] };
-            let posted = shard.run(&[step(saga_id, 0, false, action.clone())]);
+            let posted = shard.run(&[step(saga_id, 1, false, action.clone())]);
             let Outcome::Posted(tx) = &posted[0] else { panic!("{posted:?}") };
             assert_eq!(tx.ledger_tx_id, saga_id, "a leg carries its saga's id");
             assert_eq!(tx.entries.iter().map(|e| e.entry_seq).collect::<Vec<_>>(), vec![1, 3]);
             assert_eq!(shard.balance("alice"), 700);
             assert_eq!(clearing_balance(&shard), -300, "the clearing asset is credited: due from the other shard");
-            assert_eq!(shard.run(&[step(saga_id, 0, false, action.clone())]), vec![Outcome::Replay { ledger_tx_id: saga_id }]);
+            assert_eq!(shard.run(&[step(saga_id, 1, false, action.clone())]), vec![Outcome::Replay { ledger_tx_id: saga_id }]);
             assert_eq!(shard.balance("alice"), 700, "a re-sent step posts nothing");
 
-            let undone = shard.run(&[step(saga_id, 0, true, action.clone())]);
+            let undone = shard.run(&[step(saga_id, 1, true, action.clone())]);
             let Outcome::Posted(compensation) = &undone[0] else { panic!("{undone:?}") };
             assert_eq!(shard.transactions.last().unwrap().tx_type, TX_TYPE_SAGA_COMPENSATION);
             assert_eq!(shard.transactions.last().unwrap().reverses_ledger_tx_id, Some(saga_id));
             assert_eq!((shard.balance("alice"), clearing_balance(&shard)), (1_000, 0), "exactly where it was");
-            let again = shard.run(&[step(saga_id, 0, true, action)]);
+            let again = shard.run(&[step(saga_id, 1, true, action)]);
             assert_eq!(again, vec![Outcome::Replay { ledger_tx_id: compensation.ledger_tx_id }]);
             assert_eq!(shard.balance("alice"), 1_000);
         }
@@ -2012,16 +2054,16 @@ mod tests {
             let mut shard = funded_shard();
             let saga_id = SequentialIds(901).saga_id(at(0), 1);
             let too_much = StepAction::Post { entries: vec![leg("alice", Side::Debit, 5_000, 1)] };
-            let refused = shard.run(&[step(saga_id, 0, false, too_much.clone())]);
+            let refused = shard.run(&[step(saga_id, 1, false, too_much.clone())]);
             assert_eq!(code_of(&refused[0]), "INSUFFICIENT_FUNDS");
             shard.run(&[transfer("more", "cash", "alice", 10_000)]);
-            let again = shard.run(&[step(saga_id, 0, false, too_much)]);
+            let again = shard.run(&[step(saga_id, 1, false, too_much)]);
             assert_eq!(code_of(&again[0]), "REPLAY_REJECTION", "the same answer, even now that funds are there");
             assert_eq!(shard.balance("alice"), 11_000);
 
             let fine = StepAction::Post { entries: vec![leg("alice", Side::Debit, 100, 1)] };
-            assert_eq!(shard.run(&[step(saga_id, 1, true, fine.clone())]), vec![Outcome::Completed]);
-            let late = shard.run(&[step(saga_id, 1, false, fine)]);
+            assert_eq!(shard.run(&[step(saga_id, 2, true, fine.clone())]), vec![Outcome::Completed]);
+            let late = shard.run(&[step(saga_id, 2, false, fine)]);
             let Outcome::ReplayRejection { body, .. } = &late[0] else { panic!("{late:?}") };
             assert_eq!(body["error"]["code"], "SAGA_ABORTED");
             assert_eq!(shard.balance("alice"), 11_000, "a step that arrives after its undo never posts");
@@ -2033,15 +2075,15 @@ mod tests {
             let saga_id = SequentialIds(905).saga_id(at(0), 1);
             // the leg brings 300 to alice; she spends it before the saga turns back
             let action = StepAction::Post { entries: vec![leg("alice", Side::Credit, 300, 2)] };
-            assert!(matches!(shard.run(&[step(saga_id, 0, false, action.clone())])[0], Outcome::Posted(_)));
+            assert!(matches!(shard.run(&[step(saga_id, 1, false, action.clone())])[0], Outcome::Posted(_)));
             shard.run(&[create("shop", AccountType::Liability, "IDR", false), transfer("spend", "alice", "shop", 1_300)]);
             assert_eq!(shard.balance("alice"), 0);
-            let refused = shard.run(&[step(saga_id, 0, true, action.clone())]);
+            let refused = shard.run(&[step(saga_id, 1, true, action.clone())]);
             assert_eq!(code_of(&refused[0]), "INSUFFICIENT_FUNDS");
             assert_eq!(shard.balance("alice"), 0, "never below zero");
             // not stored: once the money is back, the same undo posts
             shard.run(&[transfer("refund", "shop", "alice", 300)]);
-            let undone = shard.run(&[step(saga_id, 0, true, action)]);
+            let undone = shard.run(&[step(saga_id, 1, true, action)]);
             assert!(matches!(undone[0], Outcome::Posted(_)), "{undone:?}");
             assert_eq!(shard.balance("alice"), 0);
             assert_eq!(clearing_balance(&shard), 0);
@@ -2098,7 +2140,7 @@ mod tests {
         fn clearing_accounts_are_the_ledgers_own() {
             let mut shard = funded_shard();
             let saga_id = SequentialIds(910).saga_id(at(0), 1);
-            shard.run(&[step(saga_id, 0, false, StepAction::Post { entries: vec![leg("alice", Side::Debit, 10, 1)] })]);
+            shard.run(&[step(saga_id, 1, false, StepAction::Post { entries: vec![leg("alice", Side::Debit, 10, 1)] })]);
             let clearing = clearing_account_id(TENANT, 3, Currency::parse("IDR").unwrap());
             let entries = vec![
                 EntryCommand {
@@ -2134,7 +2176,7 @@ mod tests {
                     currency: Currency::parse("IDR").unwrap(),
                 },
             };
-            let leg = step(SequentialIds(911).saga_id(at(0), 1), 0, false, StepAction::Post { entries: vec![into_clearing] });
+            let leg = step(SequentialIds(911).saga_id(at(0), 1), 1, false, StepAction::Post { entries: vec![into_clearing] });
             assert_eq!(code_of(&shard.run(&[leg])[0]), "FORBIDDEN", "not through a saga leg either");
         }
 
@@ -2221,26 +2263,29 @@ mod tests {
             let mut record = draft("with-step", "f");
             record.steps = vec![
                 SagaStep::new(3, StepAction::Post { entries: vec![leg("alice", Side::Debit, 300, 1)] }),
-                SagaStep::new(1, StepAction::Post { entries: vec![] }),
+                SagaStep::new(1, StepAction::Post { entries: vec![leg("bob", Side::Credit, 300, 2)] }),
             ];
-            let begin = BeginSagaCommand { record: record.clone(), run_first_step: true };
-            let outcome = shard.run(&[Command::BeginSaga(Box::new(begin))]).remove(0);
+            let begin_cmd = BeginSagaCommand { record: record.clone(), run_first_step: true };
+            let outcome = shard.run(&[Command::BeginSaga(Box::new(begin_cmd.clone()))]).remove(0);
             let Outcome::SagaBegunWithFirstStep(opened, first) = outcome else { panic!("{outcome:?}") };
             let Outcome::Posted(leg_tx) = *first else { panic!("{first:?}") };
             assert_eq!(leg_tx.ledger_tx_id, opened.saga_id);
             assert_eq!(shard.balance("alice"), 700);
             // the same step sent again by a coordinator replays
-            let again = shard.run(&[step(opened.saga_id, 0, false, record.steps[0].action.clone())]);
+            let again = shard.run(&[Command::SagaStep(Box::new(begin_cmd.first_step(opened.saga_id)))]);
             assert_eq!(again, vec![Outcome::Replay { ledger_tx_id: opened.saga_id }]);
             assert_eq!(shard.balance("alice"), 700);
             // a first step refused is stored like any step; a first step elsewhere is not run
             let mut refused = draft("refused-first", "f");
-            refused.steps = vec![SagaStep::new(3, StepAction::Post { entries: vec![leg("alice", Side::Debit, 5_000, 1)] })];
-            let begin = BeginSagaCommand { record: refused.clone(), run_first_step: true };
-            let outcome = shard.run(&[Command::BeginSaga(Box::new(begin))]).remove(0);
+            refused.steps = vec![
+                SagaStep::new(3, StepAction::Post { entries: vec![leg("alice", Side::Debit, 5_000, 1)] }),
+                SagaStep::new(1, StepAction::Post { entries: vec![leg("bob", Side::Credit, 5_000, 2)] }),
+            ];
+            let begin_cmd = BeginSagaCommand { record: refused.clone(), run_first_step: true };
+            let outcome = shard.run(&[Command::BeginSaga(Box::new(begin_cmd.clone()))]).remove(0);
             let Outcome::SagaBegunWithFirstStep(opened, first) = outcome else { panic!("{outcome:?}") };
             assert_eq!(code_of(&first), "INSUFFICIENT_FUNDS");
-            let again = shard.run(&[step(opened.saga_id, 0, false, refused.steps[0].action.clone())]);
+            let again = shard.run(&[Command::SagaStep(Box::new(begin_cmd.first_step(opened.saga_id)))]);
             assert_eq!(code_of(&again[0]), "REPLAY_REJECTION");
             let elsewhere = BeginSagaCommand { record: draft("elsewhere", "f"), run_first_step: true };
             assert!(matches!(shard.run(&[Command::BeginSaga(Box::new(elsewhere))])[0], Outcome::SagaBegun(_)));
@@ -2252,7 +2297,7 @@ mod tests {
             let mut record = draft("home-leg", "f");
             record.steps = vec![
                 SagaStep::new(3, StepAction::Post { entries: vec![leg("alice", Side::Debit, 300, 1)] }),
-                SagaStep::new(1, StepAction::Post { entries: vec![] }),
+                SagaStep::new(1, StepAction::Post { entries: vec![leg("bob", Side::Credit, 300, 2)] }),
             ];
             let begin = BeginSagaCommand { record: record.clone(), run_first_step: true };
             let outcome = shard.run(&[Command::BeginSaga(Box::new(begin))]).remove(0);
@@ -2271,7 +2316,8 @@ mod tests {
         }
 
         fn draft(key: &str, fingerprint: &str) -> SagaRecord {
-            let steps = vec![SagaStep::new(1, StepAction::Post { entries: vec![] })];
+            let entries = vec![leg("x", Side::Debit, 5, 1), leg("y", Side::Credit, 5, 2)];
+            let steps = vec![SagaStep::new(1, StepAction::Post { entries })];
             SagaRecord::draft(TENANT, key, fingerprint, SagaKind::Post, header(), steps, at(0))
         }
 

@@ -4,7 +4,7 @@
 use crate::account::{AccountStatus, AttributesDigest};
 use crate::currency::Currency;
 use crate::money::{AccountType, Side};
-use crate::saga::{LegHeader, SagaRecord, StepAction, StepPhase, clearing_account_id};
+use crate::saga::{LegHeader, PlannedStep, SagaRecord, StepAction, StepPhase, clearing_account_id};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -177,6 +177,7 @@ impl BeginSagaCommand {
             hold: self.record.holds(0),
             action: self.record.steps[0].action.clone(),
             header: self.record.header.clone(),
+            plan: self.record.plan(),
         }
     }
 
@@ -214,6 +215,7 @@ impl SagaProgressCommand {
             hold: false,
             action: record.steps[step].action.clone(),
             header: record.header.clone(),
+            plan: Vec::new(),
         })
     }
 }
@@ -231,6 +233,10 @@ pub struct SagaStepCommand {
     pub hold: bool,
     pub action: StepAction,
     pub header: LegHeader,
+    /// Forward only: the saga's whole plan, so that the shard can check that this leg is
+    /// one part of a balanced transaction and held as the plan says.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<PlannedStep>,
 }
 
 impl SagaStepCommand {

@@ -12,6 +12,8 @@
 //! - [`command`]: validated write commands (create account, set status, post, reverse).
 //! - [`validate`]: stateless checks of a post (balance per currency, duplicates, limits).
 //! - [`rejection`]: business outcomes that refuse a command, in precedence order.
+//! - [`recheck`]: the shard writer's own check of every command it is handed, whoever
+//!   sent it (the same rules and refusals as the router's).
 //! - [`batch`]: plans a whole batch of commands against account state: per-command
 //!   outcomes and the rows to write (the group-commit core).
 //! - [`fingerprint`]: request fingerprints for idempotency.
@@ -28,6 +30,7 @@ pub mod fingerprint;
 pub mod ids;
 pub mod money;
 pub mod outbox_form;
+pub mod recheck;
 pub mod rejection;
 pub mod ring;
 pub mod saga;

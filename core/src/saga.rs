@@ -75,6 +75,40 @@ pub enum StepAction {
     Mirror { of: Uuid },
 }
 
+impl StepAction {
+    /// Whether the step posts a leg (entries on its shard).
+    pub fn posts_leg(&self) -> bool {
+        matches!(self, StepAction::Post { .. } | StepAction::Mirror { .. })
+    }
+}
+
+/// A step as the saga's plan fixes it when the saga opens: where it runs and what it does.
+/// A forward step carries the whole plan, so that the shard executing it can check that
+/// its leg is one part of a balanced transaction ([`crate::recheck`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub shard: u16,
+    #[serde(flatten)]
+    pub action: StepAction,
+}
+
+/// Whether step `step` of a saga whose steps do `actions` posts its leg held: every leg
+/// but the last is (see [`SagaRecord::holds`]).
+pub fn holds_step<'a>(actions: impl IntoIterator<Item = &'a StepAction>, step: usize) -> bool {
+    let mut is_leg = false;
+    for (index, action) in actions.into_iter().enumerate() {
+        if !action.posts_leg() {
+            continue;
+        }
+        if index == step {
+            is_leg = true;
+        } else if index > step && is_leg {
+            return true;
+        }
+    }
+    false
+}
+
 /// Which part of a step a shard is asked to execute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -319,12 +353,42 @@ impl SagaRecord {
     /// Whether `newer` may replace this record: the state and every step only move
     /// forward, and a terminal record never changes again (except its reversal claim,
     /// which [`crate::batch`] changes through its own command).
+    ///
+    /// What the saga does is fixed when it opens: its tenant, key, fingerprint, kind, the
+    /// header fields its legs post with, and each step's shard and action. A record that
+    /// changes any of them is not progress, whoever sends it.
     pub fn accepts_progress(&self, newer: &SagaRecord) -> bool {
+        let (old, new) = (&self.header, &newer.header);
+        let same_header = (&old.tx_type, &old.actor, &old.reason_code, &old.business_ref, &old.external_ref, old.entry_count)
+            == (&new.tx_type, &new.actor, &new.reason_code, &new.business_ref, &new.external_ref, new.entry_count);
         !self.state.is_terminal()
             && newer.saga_id == self.saga_id
+            && (newer.tenant_id, &newer.idempotency_key, &newer.fingerprint, &newer.kind)
+                == (self.tenant_id, &self.idempotency_key, &self.fingerprint, &self.kind)
+            && same_header
             && newer.state >= self.state
             && newer.steps.len() == self.steps.len()
-            && self.steps.iter().zip(&newer.steps).all(|(old, new)| new.status >= old.status && new.action == old.action)
+            && self
+                .steps
+                .iter()
+                .zip(&newer.steps)
+                .all(|(old, new)| new.status >= old.status && new.shard == old.shard && new.action == old.action)
+            && newer.is_consistent()
+    }
+
+    /// A terminal state agrees with its steps: a posted saga posted every step, a
+    /// compensated one has none left posted.
+    pub fn is_consistent(&self) -> bool {
+        match self.state {
+            SagaState::Posted => self.steps.iter().all(|s| s.status == StepStatus::Posted),
+            SagaState::Compensated => self.steps.iter().all(|s| s.status != StepStatus::Posted),
+            SagaState::Running | SagaState::Compensating => true,
+        }
+    }
+
+    /// The plan: each step's shard and action.
+    pub fn plan(&self) -> Vec<PlannedStep> {
+        self.steps.iter().map(|s| PlannedStep { shard: s.shard, action: s.action.clone() }).collect()
     }
 
     /// Whether step `step` posts its leg held. Every leg but the last is held: until the
@@ -333,14 +397,12 @@ impl SagaRecord {
     /// leg posts, the saga cannot turn back (every earlier step posted, the reference is
     /// claimed), so the last leg is final at once.
     pub fn holds(&self, step: usize) -> bool {
-        let last_leg = self.leg_steps().map(|(i, _)| i).last();
-        self.steps.get(step).is_some_and(|s| matches!(s.action, StepAction::Post { .. } | StepAction::Mirror { .. }))
-            && Some(step) != last_leg
+        holds_step(self.steps.iter().map(|s| &s.action), step)
     }
 
     /// The leg steps (those that post entries), in step order.
     pub fn leg_steps(&self) -> impl Iterator<Item = (usize, &SagaStep)> {
-        self.steps.iter().enumerate().filter(|(_, s)| matches!(s.action, StepAction::Post { .. } | StepAction::Mirror { .. }))
+        self.steps.iter().enumerate().filter(|(_, s)| s.action.posts_leg())
     }
 }
 
@@ -431,6 +493,43 @@ mod tests {
             saga_id: Uuid::from_u128(1),
             ..SagaRecord::draft(Uuid::from_u128(2), "k", "f", SagaKind::Post, header, steps, now)
         }
+    }
+
+    #[test]
+    fn progress_moves_forward_only_and_never_changes_what_the_saga_does() {
+        let stored = record(2);
+        let mut forward = stored.clone();
+        forward.record_step(0, StepResult::Posted, Utc::now());
+        assert!(stored.accepts_progress(&forward));
+        assert!(!forward.accepts_progress(&stored), "backwards");
+        let changed: Vec<fn(&mut SagaRecord)> = vec![
+            |r| r.tenant_id = Uuid::from_u128(3),
+            |r| r.idempotency_key = "other".into(),
+            |r| r.fingerprint = "other".into(),
+            |r| r.kind = SagaKind::Reverse { of: Uuid::nil() },
+            |r| r.header.actor = "someone else".into(),
+            |r| r.header.entry_count = 3,
+            |r| r.steps[1].shard = 9,
+            |r| r.steps[1].action = StepAction::Mirror { of: Uuid::nil() },
+            // posted, with a step that never ran
+            |r| r.state = SagaState::Posted,
+        ];
+        for change in changed {
+            let mut forged = forward.clone();
+            change(&mut forged);
+            assert!(!stored.accepts_progress(&forged), "{forged:?}");
+        }
+    }
+
+    #[test]
+    fn held_legs_are_every_leg_but_the_last() {
+        let post = StepAction::Post { entries: vec![] };
+        let claim = StepAction::ClaimReversal { of: Uuid::nil() };
+        let mirror = StepAction::Mirror { of: Uuid::nil() };
+        let plan = [post.clone(), post.clone(), post];
+        assert_eq!((0..4).map(|i| holds_step(&plan, i)).collect::<Vec<_>>(), [true, true, false, false]);
+        let reversal = [claim, mirror.clone(), mirror];
+        assert_eq!((0..3).map(|i| holds_step(&reversal, i)).collect::<Vec<_>>(), [false, true, false]);
     }
 
     #[test]

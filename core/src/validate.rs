@@ -1,7 +1,7 @@
 //! Stateless checks: the limits and shapes of PROTOCOL.md that need no account state.
 //! Every limit is a named constant; every failure names the field.
 
-use crate::command::EntryCommand;
+use crate::command::{EntryCommand, ExternalRef, PostCommand};
 use crate::currency::Currency;
 use crate::money::Side;
 use crate::rejection::Rejection;
@@ -74,11 +74,82 @@ pub fn metadata(field: &str, value: &serde_json::Value) -> Result<(), Rejection>
     if !value.is_object() {
         return Err(Rejection::invalid(field, "must be a JSON object"));
     }
-    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
-    if size > METADATA_BYTES_MAX {
+    if serialized_len(value) > METADATA_BYTES_MAX {
         return Err(Rejection::invalid(field, format!("must serialize to at most {METADATA_BYTES_MAX} bytes")));
     }
     Ok(())
+}
+
+/// The length of `value`'s JSON, counted without building it.
+fn serialized_len(value: &serde_json::Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+pub fn optional_text(field: &str, value: Option<&String>, chars_max: usize) -> Result<(), Rejection> {
+    value.map_or(Ok(()), |text| self::text(field, text, chars_max))
+}
+
+pub fn external_ref(field: &str, external_ref: &ExternalRef) -> Result<(), Rejection> {
+    text(&format!("{field}.type"), &external_ref.ref_type, EXTERNAL_REF_TYPE_CHARS_MAX)?;
+    text(&format!("{field}.ref"), &external_ref.reference, EXTERNAL_REF_CHARS_MAX)
+}
+
+/// Every stateless rule of a post, as one function: the router runs it before it routes a
+/// request, and the shard writer runs it again on every post it is handed, whoever sent
+/// it (`crate::recheck`). Field rules first, then the entries ([`entries`]).
+pub fn post(command: &PostCommand) -> Result<(), Rejection> {
+    idempotency_key("idempotency_key", &command.idempotency_key)?;
+    tx_type("type", &command.tx_type)?;
+    if let Some(reference) = &command.external_ref {
+        external_ref("external_ref", reference)?;
+    }
+    optional_text("business_ref", command.business_ref.as_ref(), BUSINESS_REF_CHARS_MAX)?;
+    text("actor", &command.actor, ACTOR_CHARS_MAX)?;
+    optional_text("reason_code", command.reason_code.as_ref(), REASON_CODE_CHARS_MAX)?;
+    metadata("metadata", &command.metadata)?;
+    entries(&command.entries)
+}
+
+/// Per currency, debits equal credits: the rule every posted transaction obeys, whatever
+/// wrote it (a post, a reversal, a saga leg with its clearing entries, a compensation).
+/// Amounts are summed in 128 bits, so no sum overflows.
+pub fn balanced(entries: &[EntryCommand]) -> Result<(), Rejection> {
+    // a transaction has few currencies: a small vector beats a map
+    let mut sums: Vec<(Currency, i128, i128)> = Vec::with_capacity(2);
+    for entry in entries {
+        let index = match sums.iter().position(|(currency, _, _)| *currency == entry.currency) {
+            Some(index) => index,
+            None => {
+                sums.push((entry.currency, 0, 0));
+                sums.len() - 1
+            }
+        };
+        match entry.side {
+            Side::Debit => sums[index].1 += entry.amount_minor as i128,
+            Side::Credit => sums[index].2 += entry.amount_minor as i128,
+        }
+    }
+    sums.sort_by_key(|(currency, _, _)| *currency);
+    match sums.into_iter().find(|(_, debits, credits)| debits != credits) {
+        Some((currency, debits_minor, credits_minor)) => {
+            Err(Rejection::Unbalanced { currency: currency.to_string(), debits_minor, credits_minor })
+        }
+        None => Ok(()),
+    }
 }
 
 pub fn amount(field: &str, amount_minor: i64) -> Result<(), Rejection> {
@@ -110,11 +181,7 @@ pub fn entries(entries: &[EntryCommand]) -> Result<(), Rejection> {
             return Err(Rejection::invalid("entries", format!("{currency} amounts sum past 2^63-1")));
         }
     }
-    for (currency, (debits, credits)) in &sums {
-        if debits != credits {
-            return Err(Rejection::Unbalanced { currency: currency.to_string(), debits_minor: *debits, credits_minor: *credits });
-        }
-    }
+    balanced(entries)?;
     let mut seen = HashSet::with_capacity(entries.len());
     for entry in entries {
         if !seen.insert(entry.account_id) {

@@ -271,7 +271,7 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
             Ok(reply) => reply,
             Err(error) => store_failure(shard_id, error),
         },
-        ShardRequest::PostReply { ledger_tx_id } => client_replay(runtime, ledger_tx_id).await,
+        ShardRequest::PostReply { tenant_id, ledger_tx_id } => client_replay(runtime, tenant_id, ledger_tx_id).await,
         ShardRequest::AccountFacts { tenant_id, account_ids } => {
             match store::account_facts(&runtime.pool, tenant_id, &account_ids).await {
                 Ok(facts) => ShardReply::ok(&facts),
@@ -321,6 +321,7 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
                     corrected: corrected.into_iter().take(100).collect(),
                 }),
                 Ok(Err(WriteFailure::Unavailable(message))) => ShardReply::unavailable(&message),
+                Ok(Err(WriteFailure::Internal(message))) => ShardReply::internal(&message),
                 Err(error) => ShardReply::unavailable(&format!("shard {shard_id} writer did not answer: {error}")),
             }
         }
@@ -339,11 +340,11 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
 
 /// The reply a client's retry gets for a key that posted: a saga's stored reply when the
 /// id is a saga whose log is here, else the post or reversal rebuilt from the journal.
-async fn client_replay(runtime: &ShardRuntime, ledger_tx_id: Uuid) -> ShardReply {
+async fn client_replay(runtime: &ShardRuntime, tenant_id: Uuid, ledger_tx_id: Uuid) -> ShardReply {
     if is_saga_id(ledger_tx_id) {
-        match store::load_sagas(&runtime.pool, &[ledger_tx_id]).await {
-            Ok(sagas) => {
-                if let Some(mut reply) = sagas.get(&ledger_tx_id).and_then(|s| s.reply.clone()) {
+        match store::saga(&runtime.pool, tenant_id, ledger_tx_id).await {
+            Ok(saga) => {
+                if let Some(mut reply) = saga.and_then(|s| s.reply) {
                     reply["replayed"] = serde_json::json!(true);
                     return ShardReply::ok(&reply);
                 }
@@ -351,17 +352,20 @@ async fn client_replay(runtime: &ShardRuntime, ledger_tx_id: Uuid) -> ShardReply
             Err(error) => return store_failure(runtime.shard_id, error),
         }
     }
-    replay(runtime, ledger_tx_id).await
+    replay(runtime, tenant_id, ledger_tx_id).await
 }
 
-async fn replay(runtime: &ShardRuntime, ledger_tx_id: Uuid) -> ShardReply {
+async fn replay(runtime: &ShardRuntime, tenant_id: Uuid, ledger_tx_id: Uuid) -> ShardReply {
     let reply = async {
         let mut conn = runtime.pool.acquire().await?;
-        store::post_reply(&mut conn, ledger_tx_id).await
+        store::post_reply(&mut conn, tenant_id, ledger_tx_id).await
     };
     match reply.await {
         Ok(Some(reply)) => ShardReply::ok(&reply),
-        Ok(None) => ShardReply::internal("a replayed transaction is missing from the journal"),
+        // A key names its own tenant's transaction, so it is there: never answer a replay
+        // with a refusal a router would take for one that consumes no key. Asked for
+        // another tenant's transaction, the shard tells nothing about it.
+        Ok(None) => ShardReply::internal("the replayed transaction is not in this tenant's journal"),
         Err(error) => store_failure(runtime.shard_id, error),
     }
 }
@@ -437,6 +441,7 @@ async fn write(runtime: &ShardRuntime, commands: Vec<Command>) -> Vec<ShardReply
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(Ok(outcome))) => reply_for(runtime, tenant_id, is_claim, outcome).await,
             Ok(Ok(Err(WriteFailure::Unavailable(message)))) => ShardReply::unavailable(&message),
+            Ok(Ok(Err(WriteFailure::Internal(message)))) => ShardReply::internal(&message),
             Ok(Err(_)) => ShardReply::unavailable(&format!("shard {shard_id} writer stopped; retry with the same key")),
             Err(_) => {
                 warn!(shard_id, "shard writer did not answer in time");
@@ -452,7 +457,7 @@ async fn reply_for(runtime: &ShardRuntime, tenant_id: Uuid, is_claim: bool, outc
     match outcome {
         Outcome::Posted(posted) => ShardReply::ok(&PostReply::new(&posted, false)),
         Outcome::Replay { ledger_tx_id } if is_claim => ShardReply::claim(ClaimAnswer::Replay { ledger_tx_id }),
-        Outcome::Replay { ledger_tx_id } => replay(runtime, ledger_tx_id).await,
+        Outcome::Replay { ledger_tx_id } => replay(runtime, tenant_id, ledger_tx_id).await,
         Outcome::ReplayRejection { status, body } => ShardReply::with_status(status, &body),
         Outcome::Rejected(rejection) => ShardReply::rejected(&rejection),
         Outcome::Account { account_id } => match store::account_object(&runtime.pool, tenant_id, account_id).await {

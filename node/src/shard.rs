@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 /// Why a write got no business outcome. Both are safe to retry with the same key: the
@@ -43,6 +43,9 @@ use uuid::Uuid;
 pub enum WriteFailure {
     #[error("shard unavailable: {0}")]
     Unavailable(String),
+    /// The database refused the batch for a rule the writer must have checked: a bug.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 pub type WriteResult = Result<Outcome, WriteFailure>;
@@ -239,9 +242,17 @@ impl ShardState {
                 Ok(())
             }
             Err(error) => {
-                warn!(shard_id = self.shard_id, commands = commands.len(), %error, "batch failed; state reloads from the database");
+                let failure = if let StoreError::Unbalanced(_) = &error {
+                    // the planner let through what the database refuses: a bug, not a fault
+                    // a retry can get past
+                    error!(shard_id = self.shard_id, commands = commands.len(), %error, "batch refused by the database");
+                    WriteFailure::Internal(format!("shard {} refused a transaction that does not balance", self.shard_id))
+                } else {
+                    warn!(shard_id = self.shard_id, commands = commands.len(), %error, "batch failed; state reloads from the database");
+                    WriteFailure::Unavailable(format!("shard {} could not commit", self.shard_id))
+                };
                 for reply in replies {
-                    let _ = reply.send(Err(WriteFailure::Unavailable(format!("shard {} could not commit", self.shard_id))));
+                    let _ = reply.send(Err(failure.clone()));
                 }
                 if matches!(error, StoreError::Fenced) {
                     // Someone else wrote this shard: this writer must never write again.

@@ -42,10 +42,35 @@ pub enum StoreError {
     Fenced,
     #[error("a key of an optimistically planned batch is already recorded")]
     KeysAlreadyRecorded,
+    /// The database refused entries that do not balance (migration 0010): the writer let
+    /// through what it must never write. A bug, never a client's doing.
+    #[error("the database refused a transaction that does not balance: {0}")]
+    Unbalanced(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
     #[error("the shard writer is not connected: {0}")]
     WriterDown(String),
+}
+
+/// SQLSTATEs the ledger's own checks raise (migration 0010).
+const SQLSTATE_WATERMARK_MOVED: &str = "LG001";
+const SQLSTATE_KEYS_ALREADY_RECORDED: &str = "LG002";
+/// The constraint the database names when entries do not balance (migration 0010).
+const CONSTRAINT_ENTRIES_BALANCED: &str = "ledger_entry_balanced_per_currency";
+
+/// A failed batch write, told apart by SQLSTATE and constraint name.
+fn batch_write_error(error: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(database) = &error {
+        match database.code().as_deref() {
+            Some(SQLSTATE_WATERMARK_MOVED) => return StoreError::Fenced,
+            Some(SQLSTATE_KEYS_ALREADY_RECORDED) => return StoreError::KeysAlreadyRecorded,
+            _ if database.constraint() == Some(CONSTRAINT_ENTRIES_BALANCED) => {
+                return StoreError::Unbalanced(database.message().to_owned());
+            }
+            _ => {}
+        }
+    }
+    error.into()
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -475,12 +500,7 @@ pub async fn write_batch(
         .bind(&writes.holds_settled)
         .execute(&mut *conn)
         .await;
-    match result {
-        Err(sqlx::Error::Database(error)) if error.message().contains("watermark moved") => Err(StoreError::Fenced),
-        Err(sqlx::Error::Database(error)) if error.message().contains("already recorded") => Err(StoreError::KeysAlreadyRecorded),
-        Err(error) => Err(error.into()),
-        Ok(_) => Ok(()),
-    }
+    result.map(|_| ()).map_err(batch_write_error)
 }
 
 async fn insert_accounts(conn: &mut PgConnection, writes: &Writes) -> Result<(), StoreError> {
@@ -825,14 +845,16 @@ async fn entry_replies(conn: &mut PgConnection, ledger_tx_id: Uuid) -> Result<Ve
 }
 
 /// The reply a post or reversal gave, rebuilt from the journal for a replay.
-pub async fn post_reply(conn: &mut PgConnection, ledger_tx_id: Uuid) -> Result<Option<PostReply>, StoreError> {
+pub async fn post_reply(conn: &mut PgConnection, tenant_id: Uuid, ledger_tx_id: Uuid) -> Result<Option<PostReply>, StoreError> {
     let (from, to) = posted_window(ledger_tx_id);
     let posted_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "select posted_at from ledger_transaction where ledger_tx_id = $1 and posted_at >= $2 and posted_at < $3",
+        "select posted_at from ledger_transaction
+         where ledger_tx_id = $1 and tenant_id = $4 and posted_at >= $2 and posted_at < $3",
     )
     .bind(ledger_tx_id)
     .bind(from)
     .bind(to)
+    .bind(tenant_id)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(posted_at) = posted_at else { return Ok(None) };

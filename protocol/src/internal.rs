@@ -33,8 +33,10 @@ pub enum ShardRequest {
         by: TransactionLookup,
     },
     /// The reply a post or reversal gave, for a replay decided elsewhere: from the journal,
-    /// or, for a saga whose log is on this shard, the reply the saga stored.
+    /// or, for a saga whose log is on this shard, the reply the saga stored. Answered only
+    /// for the tenant that posted it.
     PostReply {
+        tenant_id: Uuid,
         ledger_tx_id: Uuid,
     },
     /// Which of these accounts exist, with their currency and type.

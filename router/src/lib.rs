@@ -417,7 +417,7 @@ impl Router {
             let answer = self.link.write(home, Command::ClaimKey(claim)).await;
             match answer.as_claim() {
                 Some(ClaimAnswer::Claimed) => {}
-                Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
+                Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(tenant_id, ledger_tx_id).await,
                 Some(ClaimAnswer::SagaInFlight { .. }) => return rejected(Rejection::InProgress),
                 // a conflict, a replayed rejection, or the home is unavailable
                 _ if answer.status != 200 => return answer,
@@ -512,9 +512,9 @@ impl Router {
         }
     }
 
-    async fn replay(&self, ledger_tx_id: Uuid) -> ShardReply {
+    async fn replay(&self, tenant_id: Uuid, ledger_tx_id: Uuid) -> ShardReply {
         match self.shard_of_transaction(ledger_tx_id) {
-            Some(shard) => self.link.send(shard, &ShardRequest::PostReply { ledger_tx_id }).await,
+            Some(shard) => self.link.send(shard, &ShardRequest::PostReply { tenant_id, ledger_tx_id }).await,
             None => ShardReply::internal("a key names a transaction on an unknown shard"),
         }
     }

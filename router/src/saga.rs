@@ -167,7 +167,7 @@ impl Router {
                 }
                 record
             }
-            Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(ledger_tx_id).await,
+            Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(tenant_id, ledger_tx_id).await,
             Some(ClaimAnswer::SagaInFlight { saga_id }) => return self.await_saga(home, tenant_id, saga_id).await,
             // a conflict, a replayed refusal, IN_PROGRESS, or the home is unavailable
             _ if answer.status != 200 => return answer,
@@ -416,6 +416,7 @@ impl Router {
             hold: phase == StepPhase::Forward && record.holds(step),
             action: target.action.clone(),
             header: record.header.clone(),
+            plan: if phase == StepPhase::Forward { record.plan() } else { Vec::new() },
         };
         step_answer(self.link.write(target.shard, Command::SagaStep(Box::new(command))).await)
     }

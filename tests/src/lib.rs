@@ -300,6 +300,18 @@ impl Cluster {
         Reply { body, error_header }
     }
 
+    /// Sends one internal message straight to a shard's subject, as a router would (or
+    /// anyone else who can reach it).
+    pub async fn to_shard(
+        &self,
+        shard: u16,
+        request: &ledger_protocol::internal::ShardRequest,
+    ) -> ledger_protocol::internal::ShardReply {
+        let subject = ledger_protocol::subject::shard_subject(shard);
+        let reply = self.client.request(subject, serde_json::to_vec(request).unwrap().into()).await.expect("a shard answers");
+        serde_json::from_slice(&reply.payload).expect("shard replies are JSON")
+    }
+
     /// `n` account codes starting with `tag` that the ring places on `shard`.
     pub fn codes_on(&self, shard: u16, tag: &str, n: usize) -> Vec<String> {
         codes_on(&self.config.ring(), self.tenant, shard, tag, n)

@@ -79,7 +79,8 @@ async fn journal_rows_cannot_be_updated_or_deleted_by_the_service_role() {
 /// The journal's row rules hold in the database itself, whatever writes there: a
 /// statement that breaks one fails with `check_violation` and writes nothing. (Since
 /// migration 0009 the one-column rules are domains; this holds them to the same promise
-/// as the table checks they replaced.)
+/// as the table checks they replaced. Since migration 0010 a statement's entries must
+/// balance per transaction and currency.)
 #[tokio::test]
 async fn the_database_refuses_rows_that_break_the_journal_rules() {
     let cluster = Cluster::foundation().await;
@@ -95,6 +96,13 @@ async fn the_database_refuses_rows_that_break_the_journal_rules() {
              from ledger_entry limit 1"
         )
     };
+    // every entry of one transaction, copied: balanced, so only the rule under test fails
+    let balanced_copy = "insert into ledger_entry (ledger_entry_id, ledger_tx_id, tenant_id, account_id, entry_side,
+             amount_minor, currency_code, entry_seq, balance_after_minor, commit_seq, effective_at, posted_at)
+         select gen_random_uuid(), ledger_tx_id, tenant_id, account_id, entry_side, amount_minor, currency_code,
+             entry_seq + 100, balance_after_minor, commit_seq, effective_at, posted_at
+         from ledger_entry where ledger_tx_id = (select ledger_tx_id from ledger_entry limit 1)"
+        .to_string();
     let transaction_copy = |status: &str, ref_type: &str| {
         format!(
             "insert into ledger_transaction (ledger_tx_id, tenant_id, commit_seq, tx_type, tx_status, idempotency_key,
@@ -114,6 +122,7 @@ async fn the_database_refuses_rows_that_break_the_journal_rules() {
         ("a zero amount", entry_copy("0", "entry_side")),
         ("a negative amount", entry_copy("-5", "entry_side")),
         ("an unknown side", entry_copy("amount_minor", "'SIDEWAYS'")),
+        ("an entry whose transaction does not balance", entry_copy("amount_minor", "entry_side")),
         ("an unknown transaction status", transaction_copy("'LOST'", "external_ref_type")),
         ("a reference type without a reference", transaction_copy("tx_status", "'psp'")),
         ("an unknown key status", key("'DONE'")),
@@ -140,9 +149,7 @@ async fn the_database_refuses_rows_that_break_the_journal_rules() {
         let before = cluster.footprint().await;
         // the same rows, written as they are, are accepted: the rule is what fails below
         let mut trial = db.begin().await.unwrap();
-        for valid in
-            [entry_copy("amount_minor", "entry_side"), transaction_copy("tx_status", "external_ref_type"), key("'PROCESSING'")]
-        {
+        for valid in [balanced_copy.clone(), transaction_copy("tx_status", "external_ref_type"), key("'PROCESSING'")] {
             sqlx::query(sqlx::AssertSqlSafe(valid.clone())).execute(&mut *trial).await.expect(&valid);
         }
         trial.rollback().await.unwrap();
@@ -150,6 +157,10 @@ async fn the_database_refuses_rows_that_break_the_journal_rules() {
             let error = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&db).await.expect_err(rule);
             let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.to_string());
             assert_eq!(code.as_deref(), Some("23514"), "{rule}: {error}");
+            if rule.contains("does not balance") {
+                let constraint = error.as_database_error().and_then(|e| e.constraint());
+                assert_eq!(constraint, Some("ledger_entry_balanced_per_currency"), "{rule}: {error}");
+            }
         }
         assert_eq!(cluster.footprint().await, before, "a refused statement wrote nothing");
         let balances_after: String = sqlx::query_scalar(balances_now).fetch_one(&db).await.unwrap();

@@ -6,6 +6,7 @@ mod database;
 mod echo;
 mod errors;
 mod faults;
+mod forged;
 mod idempotency;
 mod reversal;
 mod saga;

@@ -5,7 +5,7 @@
 use ledger_core::command::Command;
 use ledger_core::ids::{IdSource, RandomIds, is_saga_id};
 use ledger_core::money::Side;
-use ledger_core::saga::{LegEntry, LegHeader, StepAction, StepPhase};
+use ledger_core::saga::{LegEntry, LegHeader, PlannedStep, StepAction, StepPhase};
 use ledger_protocol::internal::{ShardReply, ShardRequest};
 use ledger_tests::{Cluster, transfer_body};
 use serde_json::{Value, json};
@@ -221,13 +221,6 @@ async fn a_reversal_refused_on_a_leg_is_undone_and_can_be_tried_again() {
     cluster.finish().await;
 }
 
-/// Sends one internal message to a shard, as a router would.
-async fn to_shard(cluster: &Cluster, shard: u16, request: &ShardRequest) -> ShardReply {
-    let subject = ledger_protocol::subject::shard_subject(shard);
-    let reply = cluster.client.request(subject, serde_json::to_vec(request).unwrap().into()).await.unwrap();
-    serde_json::from_slice(&reply.payload).unwrap()
-}
-
 /// A saga step as a coordinator sends it: one entry of `code` plus the clearing entry.
 fn step_command(
     cluster: &Cluster,
@@ -244,13 +237,22 @@ fn step_command(
         amount_minor,
         currency: ledger_core::currency::Currency::parse("IDR").unwrap(),
     };
+    // the plan a coordinator sends with it: this leg and one elsewhere that balances it,
+    // after it when it is held (every leg but a saga's last is), else before it
+    let shard = cluster.config.ring().shard_for_account(entry.account_id);
+    let action = StepAction::Post { entries: vec![LegEntry { seq: 1, entry: entry.clone() }] };
+    let counter = ledger_core::command::EntryCommand { account_id: uuid::Uuid::new_v4(), side: side.opposite(), ..entry };
+    let elsewhere =
+        PlannedStep { shard: shard + 1, action: StepAction::Post { entries: vec![LegEntry { seq: 2, entry: counter }] } };
+    let this = PlannedStep { shard, action: action.clone() };
+    let (step, plan) = if hold { (0, vec![this, elsewhere]) } else { (1, vec![elsewhere, this]) };
     Command::SagaStep(Box::new(ledger_core::command::SagaStepCommand {
         tenant_id: cluster.tenant,
         saga_id,
-        step: 0,
+        step,
         phase,
         hold,
-        action: StepAction::Post { entries: vec![LegEntry { seq: 1, entry }] },
+        action,
         header: LegHeader {
             tx_type: "TRANSFER".into(),
             actor: "test".into(),
@@ -261,11 +263,12 @@ fn step_command(
             metadata: json!({}),
             entry_count: 2,
         },
+        plan: if phase == StepPhase::Forward { plan } else { Vec::new() },
     }))
 }
 
 async fn write_to_shard(cluster: &Cluster, shard: u16, command: Command) -> ShardReply {
-    to_shard(cluster, shard, &ShardRequest::Write { command: Box::new(command) }).await
+    cluster.to_shard(shard, &ShardRequest::Write { command: Box::new(command) }).await
 }
 
 #[tokio::test]
@@ -317,9 +320,9 @@ async fn a_step_delivered_twice_posts_once() {
     let step = step_command(&cluster, saga_id, StepPhase::Forward, false, &alice, Side::Debit, 10);
     // twice in one message (one batch), then once more on its own
     let twice = ShardRequest::WriteBatch { commands: vec![step.clone(), step.clone()] };
-    let batch = to_shard(&cluster, 1, &twice).await;
+    let batch = cluster.to_shard(1, &twice).await;
     let replies: Vec<ShardReply> = serde_json::from_str(batch.body.get()).unwrap();
-    let third = to_shard(&cluster, 1, &ShardRequest::Write { command: Box::new(step) }).await;
+    let third = cluster.to_shard(1, &ShardRequest::Write { command: Box::new(step) }).await;
     for reply in replies.iter().chain([&third]) {
         assert_eq!(reply.status, 200, "{}", reply.body.get());
         assert_eq!(reply.ledger_tx_id(), Some(saga_id));
