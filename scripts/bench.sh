@@ -6,7 +6,9 @@
 #   BENCH_SHARDS     shard counts to measure           (default "1 2 4")
 #   BENCH_MILLION    1 = also load 1,000,000 accounts and report node memory (slow)
 # The cluster runs as one process, the router beside the node (`ledger-router --node`);
-# on the largest shard count the uniform and half-peak open-loop phases run again with
+# on the largest shard count the uniform phase runs again without the database's balance
+# check (migration 0010's trigger dropped) and once more with it, to price it; and the
+# uniform and half-peak open-loop phases run again with
 # the router in a process of its own, for comparison; then, with the cluster stopped, the
 # same load against `ledger-echo` (the protocol's subjects answered with nothing behind
 # them) closed loop and at a quarter and half of the cluster's peak: the floor that the
@@ -131,6 +133,22 @@ for shards in $SHARD_COUNTS; do
   uniform=$(rate_of "uniform-s$shards-home")
   [ "$uniform" -gt "$best_ours" ] && best_ours="$uniform"
   if [ -n "$largest" ]; then
+    # what the database's own balance check costs (migration 0010): the same load with
+    # its trigger dropped on every shard, then with it back, so that the two runs with it
+    # stand on both sides of the one without
+    balance_check() { # on|off
+      for i in $(seq 0 $((shards - 1))); do
+        if [ "$1" = off ]; then sql="drop trigger trg_ledger_entry_balanced on ledger_entry"
+        else sql="create trigger trg_ledger_entry_balanced after insert on ledger_entry referencing new table as new_entries
+                  for each statement execute function ledger_require_balanced_entries()"; fi
+        psql "$PG/ledger_bench_${shards}_s$i" -v ON_ERROR_STOP=1 -qc "$sql"
+      done
+    }
+    balance_check off
+    load "uniform-s$shards-home-nocheck" --concurrency 1024 --keys home
+    balance_check on
+    load "uniform-s$shards-home-check" --concurrency 1024 --keys home
+    echo "BALANCE CHECK (migration 0010) on $shards shards: with it $uniform and $(rate_of "uniform-s$shards-home-check") transfers/s, without it $(rate_of "uniform-s$shards-home-nocheck")" | tee -a "$OUT/summary.txt"
     load "uniform-s$shards-random" --concurrency 1024 --keys random
     load "hot-s$shards-home" --concurrency 1024 --keys home --workload hot --hot-accounts 10 --hot-share 0.9
     # cross-shard transfers run as sagas: one in ten, then all of them
@@ -169,7 +187,7 @@ for shards in $SHARD_COUNTS; do
     fi
     kill "$SAMPLER_PID"; wait "$SAMPLER_PID" 2>/dev/null || true; SAMPLER_PID=""
     echo "where the CPU went and what commits cost, per phase on $shards shards:" | tee -a "$OUT/summary.txt"
-    for phase in uniform-s$shards-home uniform-s$shards-random hot-s$shards-home cross10-s$shards-home cross100-s$shards \
+    for phase in uniform-s$shards-home uniform-s$shards-home-nocheck uniform-s$shards-home-check uniform-s$shards-random hot-s$shards-home cross10-s$shards-home cross100-s$shards \
                  open-s$shards-home open-s$shards-home-hostprofile uniform-s$shards-home-apart open-s$shards-home-apart \
                  floor-s$shards floor-open-s$shards; do
       [ -f "$OUT/$phase.json" ] || continue
