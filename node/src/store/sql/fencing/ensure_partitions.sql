@@ -1,0 +1,1 @@
+select ledger_ensure_partitions($1);

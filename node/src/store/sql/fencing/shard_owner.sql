@@ -1,0 +1,1 @@
+select shard_id from ledger_shard;

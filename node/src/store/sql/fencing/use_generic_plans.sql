@@ -1,0 +1,1 @@
+set plan_cache_mode = force_generic_plan;

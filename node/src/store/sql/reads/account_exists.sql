@@ -1,0 +1,1 @@
+select exists(select 1 from ledger_account where account_id = $1 and tenant_id = $2);
