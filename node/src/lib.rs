@@ -5,14 +5,12 @@
 //! relay to JetStream.
 //!
 //! ## Layout
-//! - [`config`]: the cluster TOML (shared with routers).
 //! - [`store`]: all SQL: migrations, set-based batch writes, reads.
 //! - [`shard`]: the shard writer actor: batching, fencing, recovery after a failed commit.
 //! - [`supervisor`]: restarts a shard writer that died.
 //! - [`server`]: the node process: starts shards, serves internal requests.
 //! - [`outbox`]: the relay from `ledger_outbox` to the `LEDGER_EVENTS` stream.
 
-pub mod config;
 pub mod outbox;
 pub mod server;
 pub mod shard;

@@ -5,7 +5,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use ledger_node::config::ClusterConfig;
+use ledger_config::ClusterConfig;
 use std::path::PathBuf;
 
 #[derive(Parser)]

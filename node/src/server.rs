@@ -1,13 +1,13 @@
 //! A node process: for each shard it owns, the shard writer actor, a read pool, the
 //! subscription on the shard's internal subject and the outbox relay.
 
-use crate::config::{ClusterConfig, ShardConfig};
 use crate::outbox;
 use crate::shard::{FaultHooks, ShardArgs, ShardMsg, WriteFailure};
 use crate::store;
 use crate::supervisor::{ShardSupervisor, SupervisorArgs, SupervisorMsg, WriterSlot};
 use anyhow::Context;
 use futures::StreamExt;
+use ledger_config::{ClusterConfig, ShardConfig};
 use ledger_core::batch::Outcome;
 use ledger_core::command::Command;
 use ledger_core::ids::{is_saga_id, shard_of_ledger_id};
@@ -131,7 +131,7 @@ pub struct RunningNode {
 }
 
 /// The shards of a node, reachable in-process. A router in the node's process
-/// (`ledger-router --node`) hands its requests for these shards straight to them instead
+/// (`ledger-router --node`, composed by the launcher) hands its requests for these shards straight to them instead
 /// of over NATS: the same handling, without the two NATS hops and the JSON encoding
 /// of commands and replies that a router in another process pays for each batch.
 #[derive(Clone, Default)]
@@ -139,24 +139,24 @@ pub struct LocalShards(Arc<HashMap<u16, Arc<ShardRuntime>>>);
 
 impl LocalShards {
     /// The shard, if this node owns it.
-    pub fn get(&self, shard_id: u16) -> Option<LocalShard<'_>> {
-        self.0.get(&shard_id).map(LocalShard)
+    pub fn get(&self, shard_id: u16) -> Option<LocalShard> {
+        self.0.get(&shard_id).cloned().map(LocalShard)
     }
 }
 
 /// One shard of this process's node.
-pub struct LocalShard<'a>(&'a Arc<ShardRuntime>);
+pub struct LocalShard(Arc<ShardRuntime>);
 
-impl LocalShard<'_> {
+impl LocalShard {
     /// What the shard answers to `request`.
-    pub async fn request(&self, request: ShardRequest) -> ShardReply {
-        handle(self.0, request).await
+    pub async fn request(self, request: ShardRequest) -> ShardReply {
+        handle(&self.0, request).await
     }
 
     /// One reply per command, in order, committed in one batch as a `WriteBatch` message
     /// would be.
-    pub async fn write(&self, commands: Vec<Command>) -> Vec<ShardReply> {
-        write(self.0, commands).await
+    pub async fn write(self, commands: Vec<Command>) -> Vec<ShardReply> {
+        write(&self.0, commands).await
     }
 }
 

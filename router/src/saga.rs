@@ -3,7 +3,8 @@
 //! sagas whose coordinator died: the saga log is on the key's home shard and every step
 //! is idempotent on its shard, so a coordinator holds nothing that a crash could lose.
 
-use crate::{Router, rejected};
+use crate::Router;
+use crate::dispatch::rejected;
 use chrono::Utc;
 use ledger_core::command::{
     BeginSagaCommand, ClaimRefCommand, Command, CompleteRefCommand, EntryCommand, PostCommand, RefCompletion, ReverseCommand,

@@ -1,7 +1,7 @@
 //! Test harness: a real cluster (node + router in-process) on a private nats-server and
 //! private databases, and a client that speaks the public protocol.
 
-use ledger_node::config::ClusterConfig;
+use ledger_config::ClusterConfig;
 use ledger_node::server::NodeHandles;
 use ledger_node::shard::FaultHooks;
 use serde_json::{Value, json};
@@ -254,7 +254,7 @@ impl Cluster {
             match beside {
                 None => ledger_router::run(config, shutdown).await.expect("router runs"),
                 Some(node_name) => {
-                    ledger_router::run_with_node(config, node_name, handles, shutdown).await.expect("router and node run")
+                    ledger_launcher::run_with_node(config, node_name, handles, shutdown).await.expect("router and node run")
                 }
             }
         });

@@ -4,7 +4,7 @@
 //! private PostgreSQL server that can be crashed and restarted.
 
 use crate::{NatsServer, Reply, cluster_toml, pg_server_url};
-use ledger_node::config::ClusterConfig;
+use ledger_config::ClusterConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

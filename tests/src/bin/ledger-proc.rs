@@ -5,7 +5,7 @@
 //! same code as the `ledger-node` and `ledger-router` binaries, built with the router's
 //! test-only fault hooks (see `ledger_router::faults`).
 
-use ledger_node::config::ClusterConfig;
+use ledger_config::ClusterConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -28,7 +28,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Some("router") if args.len() == 4 => {
             let config = ClusterConfig::load(std::path::Path::new(&args[2]))?;
-            ledger_router::run_with_node(config, &args[3], Default::default(), shutdown).await
+            ledger_launcher::run_with_node(config, &args[3], Default::default(), shutdown).await
         }
         _ => anyhow::bail!("usage: ledger-proc node <config> <node-name> | ledger-proc router <config> [<node-name>]"),
     }

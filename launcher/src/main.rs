@@ -8,7 +8,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use ledger_node::config::ClusterConfig;
+use ledger_config::ClusterConfig;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -34,6 +34,6 @@ async fn main() -> anyhow::Result<()> {
     };
     match args.node {
         None => ledger_router::run(config, shutdown).await,
-        Some(node_name) => ledger_router::run_with_node(config, &node_name, Default::default(), shutdown).await,
+        Some(node_name) => ledger_launcher::run_with_node(config, &node_name, Default::default(), shutdown).await,
     }
 }

@@ -1,3 +1,5 @@
+//! # ledger-config
+//!
 //! Cluster configuration: the TOML topology files of `cluster-config/`. Routers and nodes
 //! read the same file. A bad file is refused at start-up with the key and the problem.
 

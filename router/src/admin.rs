@@ -1,0 +1,103 @@
+//! The operator operations (`ledger.v1.admin.*`) and the recovery loop.
+
+use crate::*;
+use ledger_core::rejection::Rejection;
+use ledger_protocol::internal::{ShardReply, ShardRequest};
+use ledger_protocol::request::{EmptyRequest, parse};
+use serde_json::json;
+use std::time::Duration;
+
+impl Router {
+    pub(crate) async fn admin(&self, operation: &str, payload: &[u8]) -> Result<ShardReply, Rejection> {
+        match operation {
+            "topology" => {
+                parse::<EmptyRequest>(payload)?;
+                Ok(ShardReply::ok(&self.topology()))
+            }
+            "audit" => {
+                parse::<EmptyRequest>(payload)?;
+                Ok(self.audit().await)
+            }
+            "rebuild_balances" => {
+                parse::<EmptyRequest>(payload)?;
+                Ok(self.rebuild_balances().await)
+            }
+            _ => Err(Rejection::invalid("subject", format!("unknown operator operation {operation}"))),
+        }
+    }
+
+    /// Every shard's audit, read concurrently, and the cluster-wide checks.
+    pub(crate) async fn audit(&self) -> ShardReply {
+        // full scans of every shard: allowed far longer than a request
+        let reads = self
+            .ring
+            .shards()
+            .iter()
+            .map(|shard| async move { (*shard, self.link.send_within(AUDIT_TIMEOUT, *shard, &ShardRequest::Audit).await) });
+        let mut parts = Vec::new();
+        let mut unreachable = Vec::new();
+        for (shard, reply) in futures::future::join_all(reads).await {
+            match serde_json::from_str::<ledger_protocol::internal::ShardAudit>(reply.body.get()) {
+                Ok(part) if reply.status == 200 => parts.push(part),
+                _ => unreachable.push((shard, reply.body_value())),
+            }
+        }
+        ShardReply::ok(&audit::summarize(&parts, &unreachable))
+    }
+
+    /// The recovery loop, forever: on every shard, the sagas whose coordinator stopped and
+    /// the claims whose router died (`saga.rs`, `claims.rs`).
+    pub(crate) async fn recover(&self) {
+        let interval = Duration::from_millis(self.config.limits.saga_recovery_interval_ms);
+        loop {
+            tokio::time::sleep(interval).await;
+            for shard in self.ring.shards().to_vec() {
+                self.resume_sagas_on(shard).await;
+                self.settle_claims_on(shard).await;
+            }
+        }
+    }
+
+    /// Every shard recomputes its balance projection from its journal (through its writer).
+    pub(crate) async fn rebuild_balances(&self) -> ShardReply {
+        let rebuilds = self.ring.shards().iter().map(|shard| async move {
+            (*shard, self.link.send_within(AUDIT_TIMEOUT, *shard, &ShardRequest::RebuildBalances).await)
+        });
+        let mut shards = Vec::new();
+        let mut unreachable = Vec::new();
+        for (shard, reply) in futures::future::join_all(rebuilds).await {
+            match serde_json::from_str::<ledger_protocol::internal::RebuiltBalances>(reply.body.get()) {
+                Ok(part) if reply.status == 200 => shards.push(part),
+                _ => unreachable.push(serde_json::json!({"shard_id": shard, "error": reply.body_value()})),
+            }
+        }
+        let corrected: i64 = shards.iter().map(|s| s.corrected_count).sum();
+        ShardReply::ok(&serde_json::json!({
+            "ok": unreachable.is_empty(),
+            "corrected_count": corrected,
+            "shards": shards,
+            "unreachable_shards": unreachable,
+        }))
+    }
+
+    pub fn topology(&self) -> serde_json::Value {
+        let shards: Vec<_> = self
+            .config
+            .shards
+            .iter()
+            .map(|s| json!({"shard_id": s.id, "node": self.config.owner_of(s.id).map(|n| n.name.clone())}))
+            .collect();
+        let nodes: Vec<_> = self.config.nodes.iter().map(|n| json!({"name": n.name, "shards": n.shards})).collect();
+        json!({
+            "cluster": self.config.cluster.name,
+            "shards": shards,
+            "nodes": nodes,
+            "ring": {
+                "virtual_nodes_per_shard": self.ring.params().virtual_nodes_per_shard,
+                "hash": self.config.ring.hash,
+                "points": self.ring.shards().len() as u64 * self.ring.params().virtual_nodes_per_shard as u64,
+                "probes": ledger_core::ring::PROBES,
+            },
+        })
+    }
+}
