@@ -26,6 +26,7 @@ pub mod account;
 pub mod batch;
 pub mod command;
 pub mod currency;
+pub mod error_code;
 pub mod fingerprint;
 pub mod ids;
 pub mod money;

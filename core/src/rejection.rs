@@ -6,6 +6,7 @@
 //! (`IdempotencyConflict` or a replay), then `AccountNotFound`, `CurrencyMismatch`,
 //! `DuplicateExternalRef`, `AccountClosed`, `AccountFrozen`, `InsufficientFunds`.
 
+use crate::error_code::ErrorCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -93,60 +94,43 @@ impl Rejection {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            Rejection::Invalid { .. } => "INVALID_REQUEST",
-            Rejection::UnknownCurrency { .. } => "UNKNOWN_CURRENCY",
-            Rejection::Unbalanced { .. } => "UNBALANCED",
-            Rejection::CurrencyMismatch { .. } => "CURRENCY_MISMATCH",
-            Rejection::DuplicateAccount { .. } => "DUPLICATE_ACCOUNT",
-            Rejection::Forbidden { .. } => "FORBIDDEN",
-            Rejection::AccountNotFound { .. } => "ACCOUNT_NOT_FOUND",
-            Rejection::TransactionNotFound => "TRANSACTION_NOT_FOUND",
-            Rejection::AccountExists { .. } => "ACCOUNT_EXISTS",
-            Rejection::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
-            Rejection::DuplicateExternalRef { .. } => "DUPLICATE_EXTERNAL_REF",
-            Rejection::AlreadyReversed { .. } => "ALREADY_REVERSED",
-            Rejection::InProgress | Rejection::AccountSettling { .. } => "IN_PROGRESS",
-            Rejection::RequestAbandoned => "REQUEST_ABANDONED",
-            Rejection::TooLarge { .. } => "TOO_LARGE",
-            Rejection::InsufficientFunds { .. } => "INSUFFICIENT_FUNDS",
-            Rejection::AccountFrozen { .. } => "ACCOUNT_FROZEN",
-            Rejection::AccountClosed { .. } => "ACCOUNT_CLOSED",
-            Rejection::AccountBalanceNonzero { .. } => "ACCOUNT_BALANCE_NONZERO",
+            Rejection::Invalid { .. } => ErrorCode::InvalidRequest,
+            Rejection::UnknownCurrency { .. } => ErrorCode::UnknownCurrency,
+            Rejection::Unbalanced { .. } => ErrorCode::Unbalanced,
+            Rejection::CurrencyMismatch { .. } => ErrorCode::CurrencyMismatch,
+            Rejection::DuplicateAccount { .. } => ErrorCode::DuplicateAccount,
+            Rejection::Forbidden { .. } => ErrorCode::Forbidden,
+            Rejection::AccountNotFound { .. } => ErrorCode::AccountNotFound,
+            Rejection::TransactionNotFound => ErrorCode::TransactionNotFound,
+            Rejection::AccountExists { .. } => ErrorCode::AccountExists,
+            Rejection::IdempotencyConflict => ErrorCode::IdempotencyConflict,
+            Rejection::DuplicateExternalRef { .. } => ErrorCode::DuplicateExternalRef,
+            Rejection::AlreadyReversed { .. } => ErrorCode::AlreadyReversed,
+            Rejection::InProgress | Rejection::AccountSettling { .. } => ErrorCode::InProgress,
+            Rejection::RequestAbandoned => ErrorCode::RequestAbandoned,
+            Rejection::TooLarge { .. } => ErrorCode::TooLarge,
+            Rejection::InsufficientFunds { .. } => ErrorCode::InsufficientFunds,
+            Rejection::AccountFrozen { .. } => ErrorCode::AccountFrozen,
+            Rejection::AccountClosed { .. } => ErrorCode::AccountClosed,
+            Rejection::AccountBalanceNonzero { .. } => ErrorCode::AccountBalanceNonzero,
         }
     }
 
+    pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
     pub fn status(&self) -> u16 {
-        match self {
-            Rejection::Invalid { .. }
-            | Rejection::UnknownCurrency { .. }
-            | Rejection::Unbalanced { .. }
-            | Rejection::CurrencyMismatch { .. }
-            | Rejection::DuplicateAccount { .. } => 400,
-            Rejection::Forbidden { .. } => 403,
-            Rejection::AccountNotFound { .. } | Rejection::TransactionNotFound => 404,
-            Rejection::AccountExists { .. }
-            | Rejection::IdempotencyConflict
-            | Rejection::DuplicateExternalRef { .. }
-            | Rejection::AlreadyReversed { .. }
-            | Rejection::InProgress
-            | Rejection::RequestAbandoned
-            | Rejection::AccountSettling { .. } => 409,
-            Rejection::TooLarge { .. } => 413,
-            Rejection::InsufficientFunds { .. }
-            | Rejection::AccountFrozen { .. }
-            | Rejection::AccountClosed { .. }
-            | Rejection::AccountBalanceNonzero { .. } => 422,
-        }
+        self.error_code().status()
     }
 
     /// Whether the rejection is remembered under the idempotency key and replayed to a
     /// retry (PROTOCOL.md section 5): business rejections with status 409 or 422, except
     /// the two that concern the key itself.
     pub fn is_stored_under_key(&self) -> bool {
-        matches!(self.status(), 409 | 422)
-            && !matches!(self, Rejection::IdempotencyConflict | Rejection::InProgress | Rejection::AccountSettling { .. })
+        self.error_code().is_remembered_under_key()
     }
 
     pub fn message(&self) -> String {

@@ -193,6 +193,13 @@ pub struct SagaFailure {
     pub body: Value,
 }
 
+impl SagaFailure {
+    /// The code of the refusal, read from its stored body.
+    pub fn code(&self) -> Option<crate::error_code::ErrorCode> {
+        self.body.pointer("/error/code").and_then(Value::as_str).and_then(crate::error_code::ErrorCode::parse)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SagaKind {

@@ -248,7 +248,7 @@ async fn handle(runtime: &ShardRuntime, request: ShardRequest) -> ShardReply {
     let shard_id = runtime.shard_id;
     match request {
         ShardRequest::Write { command } => write(runtime, vec![*command]).await.pop().expect("one reply per write"),
-        ShardRequest::WriteBatch { commands } => ShardReply::ok(&write(runtime, commands).await),
+        ShardRequest::WriteBatch { commands } => ShardReply::Batch(write(runtime, commands).await),
         ShardRequest::GetAccount { tenant_id, account_id } => {
             match store::account_object(&runtime.pool, tenant_id, account_id).await {
                 Ok(Some(account)) => ShardReply::ok(&account),
@@ -346,7 +346,7 @@ async fn client_replay(runtime: &ShardRuntime, tenant_id: Uuid, ledger_tx_id: Uu
             Ok(saga) => {
                 if let Some(mut reply) = saga.and_then(|s| s.reply) {
                     reply["replayed"] = serde_json::json!(true);
-                    return ShardReply::ok(&reply);
+                    return ShardReply::posted(ledger_tx_id, &reply);
                 }
             }
             Err(error) => return store_failure(runtime.shard_id, error),
@@ -361,7 +361,7 @@ async fn replay(runtime: &ShardRuntime, tenant_id: Uuid, ledger_tx_id: Uuid) -> 
         store::post_reply(&mut conn, tenant_id, ledger_tx_id).await
     };
     match reply.await {
-        Ok(Some(reply)) => ShardReply::ok(&reply),
+        Ok(Some(reply)) => ShardReply::posted(ledger_tx_id, &reply),
         // A key names its own tenant's transaction, so it is there: never answer a replay
         // with a refusal a router would take for one that consumes no key. Asked for
         // another tenant's transaction, the shard tells nothing about it.
@@ -379,7 +379,7 @@ async fn get_transaction(
         TransactionLookup::Id(id) => Some(id),
         TransactionLookup::IdempotencyKey(key) => match store::lookup_key(&runtime.pool, tenant_id, &key).await? {
             store::KeyLookup::Transaction(id) => Some(id),
-            store::KeyLookup::DecidedOn(shard_id) => return Ok(ShardReply::redirect(Redirect::KeyOnShard { shard_id })),
+            store::KeyLookup::DecidedOn(shard_id) => return Ok(ShardReply::Redirect(Redirect::KeyOnShard { shard_id })),
             store::KeyLookup::Nothing => None,
         },
         TransactionLookup::ExternalRef(external_ref) => {
@@ -388,13 +388,13 @@ async fn get_transaction(
     };
     let Some(id) = id else { return Ok(ShardReply::rejected(&Rejection::TransactionNotFound)) };
     if shard_of_ledger_id(id) != Some(runtime.shard_id) {
-        return Ok(ShardReply::redirect(Redirect::Transaction { ledger_tx_id: id }));
+        return Ok(ShardReply::Redirect(Redirect::Transaction { ledger_tx_id: id }));
     }
     // A saga's log is on the shard its id names; its legs are elsewhere.
     if is_saga_id(id) {
         match store::saga(&runtime.pool, tenant_id, id).await? {
             Some(record) if record.state == SagaState::Posted => {
-                return Ok(ShardReply::redirect(Redirect::Saga { record: Box::new(record) }));
+                return Ok(ShardReply::Redirect(Redirect::Saga { record: Box::new(record) }));
             }
             Some(_) => return Ok(ShardReply::rejected(&Rejection::TransactionNotFound)),
             // an id minted before saga ids were flagged: an ordinary transaction
@@ -455,39 +455,39 @@ async fn write(runtime: &ShardRuntime, commands: Vec<Command>) -> Vec<ShardReply
 async fn reply_for(runtime: &ShardRuntime, tenant_id: Uuid, is_claim: bool, outcome: Outcome) -> ShardReply {
     let shard_id = runtime.shard_id;
     match outcome {
-        Outcome::Posted(posted) => ShardReply::ok(&PostReply::new(&posted, false)),
-        Outcome::Replay { ledger_tx_id } if is_claim => ShardReply::claim(ClaimAnswer::Replay { ledger_tx_id }),
+        Outcome::Posted(posted) => ShardReply::posted(posted.ledger_tx_id, &PostReply::new(&posted, false)),
+        Outcome::Replay { ledger_tx_id } if is_claim => ShardReply::Claim(ClaimAnswer::Replay { ledger_tx_id }),
         Outcome::Replay { ledger_tx_id } => replay(runtime, tenant_id, ledger_tx_id).await,
-        Outcome::ReplayRejection { status, body } => ShardReply::with_status(status, &body),
+        Outcome::ReplayRejection { body, .. } => ShardReply::stored_refusal(&body),
         Outcome::Rejected(rejection) => ShardReply::rejected(&rejection),
         Outcome::Account { account_id } => match store::account_object(&runtime.pool, tenant_id, account_id).await {
             Ok(Some(account)) => ShardReply::ok(&account),
             Ok(None) => ShardReply::internal("a committed account is missing"),
             Err(error) => store_failure(shard_id, error),
         },
-        Outcome::KeyClaimed | Outcome::RefClaimed => ShardReply::claim(ClaimAnswer::Claimed),
-        Outcome::RefHeld { ledger_tx_id } => ShardReply::claim(ClaimAnswer::Held { ledger_tx_id }),
-        Outcome::Completed => ShardReply::claim(ClaimAnswer::Completed),
+        Outcome::KeyClaimed | Outcome::RefClaimed => ShardReply::Claim(ClaimAnswer::Claimed),
+        Outcome::RefHeld { ledger_tx_id } => ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id }),
+        Outcome::Completed => ShardReply::Claim(ClaimAnswer::Completed),
         Outcome::SagaBegun(record) => {
-            ShardReply::claim(ClaimAnswer::SagaBegun { saga_id: record.saga_id, created_at: record.created_at, first_step: None })
+            ShardReply::Claim(ClaimAnswer::SagaBegun { saga_id: record.saga_id, created_at: record.created_at, first_step: None })
         }
         Outcome::SagaBegunWithFirstStep(record, first) => {
             // a fresh saga's first step either posted or was refused
             let first_step = match *first {
-                Outcome::Posted(posted) => ShardReply::ok(&PostReply::new(&posted, false)),
+                Outcome::Posted(posted) => ShardReply::posted(posted.ledger_tx_id, &PostReply::new(&posted, false)),
                 Outcome::Rejected(rejection) => ShardReply::rejected(&rejection),
                 other => ShardReply::internal(&format!("unexpected first step outcome {other:?}")),
             };
-            ShardReply::claim(ClaimAnswer::SagaBegun {
+            ShardReply::Claim(ClaimAnswer::SagaBegun {
                 saga_id: record.saga_id,
                 created_at: record.created_at,
-                first_step: Some((first_step.status, first_step.body_value())),
+                first_step: Some(Box::new(first_step)),
             })
         }
-        Outcome::SagaSaved { updated_at } => ShardReply::claim(ClaimAnswer::SagaSaved { updated_at }),
-        Outcome::SagaInFlight { saga_id } if is_claim => ShardReply::claim(ClaimAnswer::SagaInFlight { saga_id }),
+        Outcome::SagaSaved { updated_at } => ShardReply::Claim(ClaimAnswer::SagaSaved { updated_at }),
+        Outcome::SagaInFlight { saga_id } if is_claim => ShardReply::Claim(ClaimAnswer::SagaInFlight { saga_id }),
         // a post or reversal whose key a running saga holds: the client retries later
         Outcome::SagaInFlight { .. } => ShardReply::rejected(&Rejection::InProgress),
-        Outcome::Saga(record) => ShardReply::claim(ClaimAnswer::Saga { record }),
+        Outcome::Saga(record) => ShardReply::Claim(ClaimAnswer::Saga { record }),
     }
 }

@@ -1,10 +1,9 @@
 //! Router ↔ shard node messages. JSON, like the public protocol: simple to inspect with
 //! `nats sub`, and the shard's database work dominates the cost of a request.
 
+pub use crate::shard_reply::ShardReply;
 use ledger_core::command::{Command, ExternalRef};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use serde_json::value::RawValue;
 use uuid::Uuid;
 
 // Externally tagged: an internally tagged enum would buffer every message before decoding.
@@ -79,10 +78,10 @@ pub struct RebuiltBalances {
     pub corrected: Vec<Uuid>,
 }
 
-/// Answers to claims and completions (the body of a 200 [`ShardReply`]). Refusals
-/// (conflict, a replayed rejection) come back as ordinary error replies.
+/// Answers to claims and completions ([`ShardReply::Claim`]). Refusals (a conflict, a
+/// replayed rejection) come back as [`ShardReply::Refused`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "claim", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum ClaimAnswer {
     Claimed,
     /// The key already posted this transaction (on the shard its id names).
@@ -99,11 +98,9 @@ pub enum ClaimAnswer {
     SagaBegun {
         saga_id: Uuid,
         created_at: chrono::DateTime<chrono::Utc>,
-        /// The first step's reply (status and body), when the home shard executed it with
-        /// the opening. (A JSON value, not a [`ShardReply`]: an internally tagged enum
-        /// cannot hold raw JSON.)
+        /// The first step's reply, when the home shard executed it with the opening.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        first_step: Option<(u16, Value)>,
+        first_step: Option<Box<ShardReply>>,
     },
     /// A progress record stored as sent.
     SagaSaved {
@@ -147,108 +144,6 @@ pub enum TransactionLookup {
     Id(Uuid),
     IdempotencyKey(String),
     ExternalRef(ExternalRef),
-}
-
-/// A shard's answer: the public reply body, and its status (200 or an error status). The
-/// body stays raw JSON from the shard to the client: a router forwards it unparsed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ShardReply {
-    pub status: u16,
-    pub body: Box<RawValue>,
-}
-
-impl PartialEq for ShardReply {
-    fn eq(&self, other: &ShardReply) -> bool {
-        self.status == other.status && self.body.get() == other.body.get()
-    }
-}
-
-fn raw<T: Serialize + ?Sized>(value: &T) -> Box<RawValue> {
-    serde_json::value::to_raw_value(value).expect("replies serialize")
-}
-
-impl ShardReply {
-    pub fn ok<T: Serialize + ?Sized>(body: &T) -> ShardReply {
-        ShardReply { status: 200, body: raw(body) }
-    }
-
-    pub fn with_status(status: u16, body: &Value) -> ShardReply {
-        ShardReply { status, body: raw(body) }
-    }
-
-    pub fn claim(answer: ClaimAnswer) -> ShardReply {
-        ShardReply::ok(&answer)
-    }
-
-    pub fn redirect(redirect: Redirect) -> ShardReply {
-        ShardReply::ok(&serde_json::json!({ "redirect": redirect }))
-    }
-
-    pub fn as_claim(&self) -> Option<ClaimAnswer> {
-        if self.status != 200 {
-            return None;
-        }
-        serde_json::from_str(self.body.get()).ok()
-    }
-
-    pub fn as_redirect(&self) -> Option<Redirect> {
-        #[derive(Deserialize)]
-        struct Redirected {
-            redirect: Redirect,
-        }
-        if self.status != 200 {
-            return None;
-        }
-        serde_json::from_str::<Redirected>(self.body.get()).ok().map(|r| r.redirect)
-    }
-
-    /// The `ledger_tx_id` of a successful post or reversal reply.
-    pub fn ledger_tx_id(&self) -> Option<Uuid> {
-        #[derive(Deserialize)]
-        struct Posted {
-            ledger_tx_id: Uuid,
-        }
-        if self.status != 200 {
-            return None;
-        }
-        serde_json::from_str::<Posted>(self.body.get()).ok().map(|p| p.ledger_tx_id)
-    }
-
-    pub fn rejected(rejection: &ledger_core::rejection::Rejection) -> ShardReply {
-        ShardReply { status: rejection.status(), body: raw(&rejection.to_body()) }
-    }
-
-    pub fn error(status: u16, code: &str, message: &str) -> ShardReply {
-        ShardReply { status, body: raw(&serde_json::json!({"error": {"code": code, "message": message, "details": {}}})) }
-    }
-
-    pub fn unavailable(message: &str) -> ShardReply {
-        ShardReply::error(503, "SHARD_UNAVAILABLE", message)
-    }
-
-    pub fn internal(message: &str) -> ShardReply {
-        ShardReply::error(500, "INTERNAL", message)
-    }
-
-    pub fn error_code(&self) -> Option<String> {
-        #[derive(Deserialize)]
-        struct Failed {
-            error: Code,
-        }
-        #[derive(Deserialize)]
-        struct Code {
-            code: String,
-        }
-        if self.status == 200 {
-            return None;
-        }
-        serde_json::from_str::<Failed>(self.body.get()).ok().map(|f| f.error.code)
-    }
-
-    /// The body as a JSON value (for stored rejections, which are kept as JSON).
-    pub fn body_value(&self) -> Value {
-        serde_json::from_str(self.body.get()).unwrap_or(Value::Null)
-    }
 }
 
 /// The answer to [`ShardRequest::StaleClaims`], oldest first.

@@ -8,13 +8,14 @@
 //! - [`request`]: request bodies, parsed strictly (unknown fields refused, the failing
 //!   field named), and their conversion into validated core commands.
 //! - [`reply`]: reply bodies (account object, transaction replies, statements).
-//! - [`internal`]: router ↔ shard node messages.
+//! - [`internal`]: router ↔ shard node messages; [`shard_reply`]: a shard's typed answer.
 //! - [`headers`]: the optional timing headers (docs/PROTOCOL-NOTES.md).
 
 pub mod headers;
 pub mod internal;
 pub mod reply;
 pub mod request;
+pub mod shard_reply;
 pub mod subject;
 
 /// Times on the wire: RFC 3339, UTC, always six fractional digits, so that a replayed

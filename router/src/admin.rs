@@ -37,9 +37,9 @@ impl Router {
         let mut parts = Vec::new();
         let mut unreachable = Vec::new();
         for (shard, reply) in futures::future::join_all(reads).await {
-            match serde_json::from_str::<ledger_protocol::internal::ShardAudit>(reply.body.get()) {
-                Ok(part) if reply.status == 200 => parts.push(part),
-                _ => unreachable.push((shard, reply.body_value())),
+            match reply.data::<ledger_protocol::internal::ShardAudit>("audit") {
+                Ok(part) => parts.push(part),
+                Err(failed) => unreachable.push((shard, failed.body_value())),
             }
         }
         ShardReply::ok(&audit::summarize(&parts, &unreachable))
@@ -66,9 +66,9 @@ impl Router {
         let mut shards = Vec::new();
         let mut unreachable = Vec::new();
         for (shard, reply) in futures::future::join_all(rebuilds).await {
-            match serde_json::from_str::<ledger_protocol::internal::RebuiltBalances>(reply.body.get()) {
-                Ok(part) if reply.status == 200 => shards.push(part),
-                _ => unreachable.push(serde_json::json!({"shard_id": shard, "error": reply.body_value()})),
+            match reply.data::<ledger_protocol::internal::RebuiltBalances>("rebuilt balances") {
+                Ok(part) => shards.push(part),
+                Err(failed) => unreachable.push(serde_json::json!({"shard_id": shard, "error": failed.body_value()})),
             }
         }
         let corrected: i64 = shards.iter().map(|s| s.corrected_count).sum();

@@ -13,8 +13,9 @@
 
 use crate::Router;
 use ledger_core::command::{AbandonKeyCommand, Command, CompleteKeyCommand, CompleteRefCommand, KeyCompletion, RefCompletion};
+use ledger_core::error_code::ErrorCode;
 use ledger_core::ring::ShardId;
-use ledger_protocol::internal::{ClaimAnswer, ShardRequest, StaleClaims, StaleKeyClaim, StaleRefClaim};
+use ledger_protocol::internal::{ClaimAnswer, ShardReply, ShardRequest, StaleClaims, StaleKeyClaim, StaleRefClaim};
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -24,7 +25,7 @@ impl Router {
     pub(crate) async fn settle_claims_on(&self, shard: ShardId) {
         let ask = ShardRequest::StaleClaims { idle_ms: self.config.limits.claim_abandon_after_ms, limit: 100 };
         let reply = self.link.send(shard, &ask).await;
-        let Ok(stale) = serde_json::from_str::<StaleClaims>(reply.body.get()) else { return };
+        let Ok(stale) = reply.data::<StaleClaims>("stale claims") else { return };
         for claim in stale.keys {
             self.settle_key_claim(shard, claim).await;
         }
@@ -78,20 +79,16 @@ impl Router {
     async fn decide_abandoned(&self, shard: ShardId, tenant_id: Uuid, key: &str, fingerprint: &str) -> Option<KeyCompletion> {
         let abandon = AbandonKeyCommand { tenant_id, idempotency_key: key.to_owned(), fingerprint: fingerprint.to_owned() };
         let answer = self.link.write(shard, Command::AbandonKey(abandon)).await;
-        if let Some(ClaimAnswer::Replay { ledger_tx_id }) = answer.as_claim() {
+        if let ShardReply::Claim(ClaimAnswer::Replay { ledger_tx_id }) = answer {
             return Some(KeyCompletion::Posted { ledger_tx_id });
         }
-        let body = answer.body_value();
-        if answer.status >= 500 || answer.status == 200 || answer.error_code().as_deref() == Some("IN_PROGRESS") {
-            if answer.status >= 500 {
-                warn!(shard, key, reply = answer.body.get(), "cannot settle an abandoned claim now; will retry");
-            }
+        if answer.outcome_unknown() {
+            warn!(shard, key, reply = %answer.client_body(), "cannot settle an abandoned claim now; will retry");
             return None;
         }
-        if ledger_core::batch::rejection_is_stored(answer.status, &body) {
-            Some(KeyCompletion::Rejected { status: answer.status, body })
-        } else {
-            Some(KeyCompletion::Released)
+        if answer.refusal() == Some(ErrorCode::InProgress) {
+            return None;
         }
+        answer.key_completion()
     }
 }

@@ -4,9 +4,11 @@ use crate::*;
 use async_nats::Subject;
 use bytes::Bytes;
 use ledger_core::command::Command;
+use ledger_core::error_code::ErrorCode;
 use ledger_core::ids::{is_saga_id, shard_of_ledger_id};
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::ShardId;
+use ledger_core::saga::SagaRecord;
 use ledger_protocol::internal::{Redirect, ShardReply, ShardRequest, TransactionLookup};
 use ledger_protocol::request::{
     AccountRef, CreateAccountRequest, GetTransactionRequest, PostRequest, ReverseRequest, SetStatusRequest, StatementRequest,
@@ -73,14 +75,11 @@ impl Router {
                 {
                     let ask = ShardRequest::GetSaga { tenant_id, saga_id: command.ledger_tx_id };
                     let found = self.link.send(home, &ask).await;
-                    match found.status {
-                        200 => match serde_json::from_str(found.body.get()) {
-                            Ok(original) => return Ok(self.cross_shard_reverse(command, original).await),
-                            Err(error) => return Ok(ShardReply::internal(&format!("malformed saga log: {error}"))),
-                        },
+                    match found.data::<SagaRecord>("saga log") {
+                        Ok(original) => return Ok(self.cross_shard_reverse(command, original).await),
                         // an id minted before saga ids were flagged: an ordinary transaction
-                        404 => {}
-                        _ => return Ok(found),
+                        Err(refused) if refused.refusal() == Some(ErrorCode::TransactionNotFound) => {}
+                        Err(other) => return Ok(other),
                     }
                 }
                 let target = self.shard_of_transaction(command.ledger_tx_id).ok_or(Rejection::TransactionNotFound)?;
@@ -111,17 +110,20 @@ impl Router {
         let mut reply = self.link.send(first, &ShardRequest::GetTransaction { tenant_id, by: lookup.clone() }).await;
         // at most two hops: key home -> deciding shard -> the transaction's shard
         for _ in 0..2 {
-            let (shard, by) = match reply.as_redirect() {
-                None => return Ok(reply),
-                Some(Redirect::Transaction { ledger_tx_id }) => (
+            let (shard, by) = match reply {
+                ShardReply::Redirect(Redirect::Transaction { ledger_tx_id }) => (
                     self.shard_of_transaction(ledger_tx_id).ok_or(Rejection::TransactionNotFound)?,
                     TransactionLookup::Id(ledger_tx_id),
                 ),
-                Some(Redirect::KeyOnShard { shard_id }) => (shard_id, lookup.clone()),
-                Some(Redirect::Saga { record }) => return Ok(self.saga_transaction(&record).await),
+                ShardReply::Redirect(Redirect::KeyOnShard { shard_id }) => (shard_id, lookup.clone()),
+                ShardReply::Redirect(Redirect::Saga { record }) => return Ok(self.saga_transaction(&record).await),
+                other => return Ok(other),
             };
             reply = self.link.send(shard, &ShardRequest::GetTransaction { tenant_id, by }).await;
         }
-        Ok(reply.as_redirect().map_or(reply, |_| ShardReply::internal("transaction lookup did not settle")))
+        Ok(match reply {
+            ShardReply::Redirect(_) => ShardReply::internal("transaction lookup did not settle"),
+            other => other,
+        })
     }
 }

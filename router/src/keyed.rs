@@ -6,6 +6,7 @@ use crate::*;
 use ledger_core::command::{
     ClaimKeyCommand, ClaimRefCommand, Command, CompleteKeyCommand, CompleteRefCommand, ExternalRef, KeyCompletion, RefCompletion,
 };
+use ledger_core::error_code::ErrorCode;
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::ShardId;
 use ledger_protocol::internal::{ClaimAnswer, ShardReply, ShardRequest};
@@ -43,13 +44,13 @@ impl Router {
                 target_shard: target,
             };
             let answer = self.link.write(home, Command::ClaimKey(claim)).await;
-            match answer.as_claim() {
-                Some(ClaimAnswer::Claimed) => {}
-                Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(tenant_id, ledger_tx_id).await,
-                Some(ClaimAnswer::SagaInFlight { .. }) => return rejected(Rejection::InProgress),
+            match answer {
+                ShardReply::Claim(ClaimAnswer::Claimed) => {}
+                ShardReply::Claim(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(tenant_id, ledger_tx_id).await,
+                ShardReply::Claim(ClaimAnswer::SagaInFlight { .. }) => return rejected(Rejection::InProgress),
                 // a conflict, a replayed rejection, or the home is unavailable
-                _ if answer.status != 200 => return answer,
-                _ => return ShardReply::internal(&format!("unexpected answer to a key claim: {}", answer.body.get())),
+                ShardReply::Refused { .. } => return answer,
+                other => return ShardReply::internal(&format!("unexpected answer to a key claim: {other:?}")),
             }
         }
         if let Some((external_ref, home)) = &claims.reference {
@@ -60,14 +61,14 @@ impl Router {
                 fingerprint: claims.fingerprint.clone(),
             };
             let answer = self.link.write(*home, Command::ClaimRef(claim)).await;
-            match answer.as_claim() {
-                Some(ClaimAnswer::Claimed) => {}
-                Some(ClaimAnswer::Held { ledger_tx_id: Some(holder) }) => {
+            match answer {
+                ShardReply::Claim(ClaimAnswer::Claimed) => {}
+                ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id: Some(holder) }) => {
                     if let Command::Post(post) = &mut command {
                         post.external_ref_held_by = Some(holder);
                     }
                 }
-                Some(ClaimAnswer::Held { ledger_tx_id: None }) => {
+                ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id: None }) => {
                     let refused = rejected(Rejection::InProgress);
                     self.complete(claims.without_reference(), &refused).await;
                     return refused;
@@ -86,25 +87,18 @@ impl Router {
     /// Records the target's decision on the home shards: a reference binding or release and
     /// a key release before the client hears the outcome, a consumed key in the background.
     pub(crate) async fn complete(&self, claims: Claims, reply: &ShardReply) {
-        let (key_completion, ref_completion) = match reply.status {
-            200 => {
-                let Some(ledger_tx_id) = reply.ledger_tx_id() else { return };
-                (KeyCompletion::Posted { ledger_tx_id }, RefCompletion::Bound { ledger_tx_id })
+        let (key_completion, ref_completion) = match reply {
+            ShardReply::Posted { ledger_tx_id, .. } => {
+                (KeyCompletion::Posted { ledger_tx_id: *ledger_tx_id }, RefCompletion::Bound { ledger_tx_id: *ledger_tx_id })
             }
             // the outcome is not known: leave the claims, a retry with the key finishes them
-            status if status >= 500 => return,
-            _ => {
-                let code = reply.error_code().unwrap_or_default();
-                let key = if ledger_core::batch::rejection_is_stored(reply.status, &reply.body_value()) {
-                    KeyCompletion::Rejected { status: reply.status, body: reply.body_value() }
-                } else if code == "IDEMPOTENCY_CONFLICT" {
-                    // the key belongs to another request: not ours to complete
-                    return;
-                } else {
-                    KeyCompletion::Released
-                };
-                (key, RefCompletion::Released)
-            }
+            _ if reply.outcome_unknown() => return,
+            // the key belongs to another request: not ours to complete
+            _ if reply.refusal() == Some(ErrorCode::IdempotencyConflict) => return,
+            _ => match reply.key_completion() {
+                Some(key) => (key, RefCompletion::Released),
+                None => return,
+            },
         };
         // The reference's home learns the outcome before the client does: a second request
         // with the same reference must see it posted (a duplicate), not still pending.

@@ -144,10 +144,10 @@ impl ShardCalls {
         if count == 1 {
             return vec![reply];
         }
-        match serde_json::from_str::<Vec<ShardReply>>(reply.body.get()) {
-            Ok(answers) if reply.status == 200 && answers.len() == count => answers,
+        match reply {
+            ShardReply::Batch(answers) if answers.len() == count => answers,
             // the whole message failed: every write in it gets that failure
-            _ if reply.status != 200 => vec![reply; count],
+            ShardReply::Refused { .. } => vec![reply; count],
             _ => vec![ShardReply::internal("malformed batch reply from the shard"); count],
         }
     }

@@ -10,6 +10,7 @@ use ledger_core::command::{
     BeginSagaCommand, ClaimRefCommand, Command, CompleteRefCommand, EntryCommand, PostCommand, RefCompletion, ReverseCommand,
     SagaProgressCommand, SagaStepCommand,
 };
+use ledger_core::error_code::ErrorCode;
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::ShardId;
 use ledger_core::saga::{
@@ -149,12 +150,12 @@ impl Router {
         let begin = Command::BeginSaga(Box::new(BeginSagaCommand { record: draft.clone(), run_first_step }));
         let answer = self.link.write(home, begin).await;
         let mut leg_replies = HashMap::new();
-        let record = match answer.as_claim() {
-            Some(ClaimAnswer::SagaBegun { saga_id, created_at, first_step }) => {
+        let record = match answer {
+            ShardReply::Claim(ClaimAnswer::SagaBegun { saga_id, created_at, first_step }) => {
                 let mut record = SagaRecord { saga_id, created_at, updated_at: created_at, ..draft };
-                if let Some((status, body)) = first_step {
+                if let Some(first_step) = first_step {
                     record.count_attempt(0);
-                    match step_answer(ShardReply::with_status(status, &body)) {
+                    match step_answer(*first_step) {
                         StepAnswer::Done(reply) => {
                             leg_replies.extend(reply.map(|r| (0, r)));
                             record.record_step(0, StepResult::Posted, Utc::now());
@@ -168,11 +169,11 @@ impl Router {
                 }
                 record
             }
-            Some(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(tenant_id, ledger_tx_id).await,
-            Some(ClaimAnswer::SagaInFlight { saga_id }) => return self.await_saga(home, tenant_id, saga_id).await,
+            ShardReply::Claim(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(tenant_id, ledger_tx_id).await,
+            ShardReply::Claim(ClaimAnswer::SagaInFlight { saga_id }) => return self.await_saga(home, tenant_id, saga_id).await,
             // a conflict, a replayed refusal, IN_PROGRESS, or the home is unavailable
-            _ if answer.status != 200 => return answer,
-            _ => return ShardReply::internal(&format!("unexpected answer to a saga opening: {}", answer.body.get())),
+            ShardReply::Refused { .. } => return answer,
+            other => return ShardReply::internal(&format!("unexpected answer to a saga opening: {other:?}")),
         };
         let deadline = Instant::now() + self.link.request_timeout;
         match self.finish_saga(record, deadline, leg_replies).await {
@@ -191,13 +192,13 @@ impl Router {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
             let reply = self.link.send(home, &ShardRequest::GetSaga { tenant_id, saga_id }).await;
-            let Ok(record) = serde_json::from_str::<SagaRecord>(reply.body.get()) else { continue };
+            let Ok(record) = reply.data::<SagaRecord>("saga log") else { continue };
             if record.state.is_terminal() {
-                let mut reply = saga_reply(&record);
-                if reply.status == 200 {
+                let reply = saga_reply(&record);
+                if let ShardReply::Posted { ledger_tx_id, .. } = reply {
                     let mut body = reply.body_value();
                     body["replayed"] = json!(true);
-                    reply = ShardReply::ok(&body);
+                    return ShardReply::posted(ledger_tx_id, &body);
                 }
                 return reply;
             }
@@ -227,13 +228,13 @@ impl Router {
                 fingerprint: record.fingerprint.clone(),
             };
             let answer = self.link.write(home, Command::ClaimRef(claim)).await;
-            let refusal = match answer.as_claim() {
-                Some(ClaimAnswer::Claimed) => None,
-                Some(ClaimAnswer::Held { ledger_tx_id: Some(holder) }) => {
+            let refusal = match answer {
+                ShardReply::Claim(ClaimAnswer::Claimed) => None,
+                ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id: Some(holder) }) => {
                     Some(Rejection::DuplicateExternalRef { ledger_tx_id: holder })
                 }
-                Some(ClaimAnswer::Held { ledger_tx_id: None }) => Some(Rejection::InProgress),
-                _ => return Err(answer),
+                ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id: None }) => Some(Rejection::InProgress),
+                other => return Err(other),
             };
             if let Some(refusal) = refusal {
                 record.refuse(refusal.status(), refusal.to_body(), Utc::now());
@@ -249,8 +250,7 @@ impl Router {
     async fn settle_reference(&self, record: &SagaRecord, posted: bool) -> Result<(), ShardReply> {
         let Some(external_ref) = record.header.external_ref.clone() else { return Ok(()) };
         let refused_for_the_reference = record.failure.as_ref().is_some_and(|f| {
-            f.step.is_none()
-                && matches!(f.body.pointer("/error/code").and_then(Value::as_str), Some("DUPLICATE_EXTERNAL_REF" | "IN_PROGRESS"))
+            f.step.is_none() && matches!(f.code(), Some(ErrorCode::DuplicateExternalRef | ErrorCode::InProgress))
         });
         if refused_for_the_reference {
             return Ok(());
@@ -264,7 +264,7 @@ impl Router {
             completion,
         };
         let answer = self.link.write(home, Command::CompleteRef(complete)).await;
-        if answer.status == 200 { Ok(()) } else { Err(answer) }
+        if answer.is_refusal() { Err(answer) } else { Ok(()) }
     }
 
     /// The coordinator loop: the next action of the log, executed, recorded, until the
@@ -310,7 +310,7 @@ impl Router {
                         // tried again until it posts: money is never left stranded.
                         StepAnswer::Refused { body, .. } => {
                             warn!(saga_id = %record.saga_id, step, %body, "compensation refused; will retry");
-                            pause_or_give_up(deadline, ShardReply::with_status(503, &unavailable_body(&body))).await?;
+                            pause_or_give_up(deadline, compensation_waiting(body)).await?;
                             continue;
                         }
                         StepAnswer::Unknown(reply) => {
@@ -373,11 +373,11 @@ impl Router {
         loop {
             let command = Command::SagaProgress(Box::new(SagaProgressCommand { record: record.clone() }));
             let answer = self.link.write(home, command).await;
-            match answer.as_claim() {
-                Some(ClaimAnswer::SagaSaved { updated_at }) => return Ok(SagaRecord { updated_at, ..record }),
-                Some(ClaimAnswer::Saga { record }) => return Ok(*record),
-                _ if answer.status >= 500 => pause_or_give_up(deadline, answer).await?,
-                _ => return Err(ShardReply::internal(&format!("saga log refused progress: {}", answer.body.get()))),
+            match answer {
+                ShardReply::Claim(ClaimAnswer::SagaSaved { updated_at }) => return Ok(SagaRecord { updated_at, ..record }),
+                ShardReply::Claim(ClaimAnswer::Saga { record }) => return Ok(*record),
+                _ if answer.outcome_unknown() => pause_or_give_up(deadline, answer).await?,
+                other => return Err(ShardReply::internal(&format!("saga log refused progress: {other:?}"))),
             }
         }
     }
@@ -445,11 +445,7 @@ impl Router {
             self.link.send(shard, &ShardRequest::AccountFacts { tenant_id, account_ids }).await
         });
         for reply in futures::future::join_all(reads).await {
-            if reply.status != 200 {
-                return Err(reply);
-            }
-            let found: Vec<AccountFacts> = serde_json::from_str(reply.body.get())
-                .map_err(|e| ShardReply::internal(&format!("malformed account facts: {e}")))?;
+            let found: Vec<AccountFacts> = reply.data("account facts")?;
             let mut cached = self.account_facts.lock().expect("not poisoned");
             for fact in found {
                 cached.put((tenant_id, fact.account_id), fact.clone());
@@ -464,27 +460,26 @@ impl Router {
     pub(crate) async fn resume_sagas_on(&self, shard: ShardId) {
         let ask = ShardRequest::StaleSagas { idle_ms: self.config.limits.saga_resume_after_ms, limit: 100 };
         let reply = self.link.send(shard, &ask).await;
-        let Ok(records) = serde_json::from_str::<Vec<SagaRecord>>(reply.body.get()) else { return };
+        let Ok(records) = reply.data::<Vec<SagaRecord>>("stale sagas") else { return };
         for record in records {
             let saga_id = record.saga_id;
             info!(%saga_id, shard, state = record.state.as_str(), "resuming an abandoned saga");
             let deadline = Instant::now() + self.link.request_timeout;
             match self.finish_saga(record, deadline, HashMap::new()).await {
                 Ok(done) => info!(%saga_id, state = done.state.as_str(), "saga resumed to its end"),
-                Err(reply) => warn!(%saga_id, reply = reply.body.get(), "saga still cannot finish; will retry"),
+                Err(reply) => warn!(%saga_id, reply = %reply.client_body(), "saga still cannot finish; will retry"),
             }
         }
     }
 }
 
 fn step_answer(reply: ShardReply) -> StepAnswer {
-    match reply.status {
-        200 => match reply.as_claim() {
-            Some(ClaimAnswer::Completed) => StepAnswer::Done(None),
-            _ => StepAnswer::Done(Some(reply.body_value())),
-        },
-        status if status >= 500 => StepAnswer::Unknown(reply),
-        status => StepAnswer::Refused { status, body: reply.body_value() },
+    match &reply {
+        ShardReply::Claim(ClaimAnswer::Completed) => StepAnswer::Done(None),
+        ShardReply::Posted { .. } | ShardReply::Ok(_) => StepAnswer::Done(Some(reply.body_value())),
+        _ if reply.outcome_unknown() => StepAnswer::Unknown(reply),
+        ShardReply::Refused { code, .. } => StepAnswer::Refused { status: code.status(), body: reply.body_value() },
+        other => StepAnswer::Unknown(ShardReply::internal(&format!("unexpected answer to a saga step: {other:?}"))),
     }
 }
 
@@ -500,18 +495,20 @@ async fn pause_or_give_up(deadline: Instant, reply: ShardReply) -> Result<(), Sh
     Ok(())
 }
 
-fn unavailable_body(refusal: &Value) -> Value {
-    json!({"error": {"code": "SHARD_UNAVAILABLE",
-                     "message": "a compensation of the transaction is waiting to post; retry with the same key",
-                     "details": {"compensation_refused": refusal}}})
+fn compensation_waiting(refusal: Value) -> ShardReply {
+    ShardReply::error(
+        ErrorCode::ShardUnavailable,
+        "a compensation of the transaction is waiting to post; retry with the same key",
+        json!({"compensation_refused": refusal}),
+    )
 }
 
 /// The client's reply of a terminal saga, as stored in its log.
 pub(crate) fn saga_reply(record: &SagaRecord) -> ShardReply {
     let reply = record.reply.clone().unwrap_or(Value::Null);
     match (&record.state, &record.failure) {
-        (SagaState::Posted, _) => ShardReply::ok(&reply),
-        (_, Some(failure)) => ShardReply::with_status(failure.status, &reply),
+        (SagaState::Posted, _) => ShardReply::posted(record.saga_id, &reply),
+        (_, Some(_)) => ShardReply::stored_refusal(&reply),
         _ => ShardReply::internal("a saga ended without its reply"),
     }
 }
@@ -582,7 +579,7 @@ impl Router {
         });
         let mut legs = HashMap::new();
         for (step, reply) in futures::future::join_all(reads).await {
-            if reply.status != 200 {
+            if reply.is_refusal() {
                 return reply;
             }
             legs.insert(step, reply.body_value());

@@ -9,6 +9,7 @@ use async_nats::service::ServiceExt;
 use bytes::Bytes;
 use futures::StreamExt;
 use ledger_config::ClusterConfig;
+use ledger_core::error_code::ErrorCode;
 use ledger_protocol::headers;
 use ledger_protocol::internal::ShardReply;
 use ledger_protocol::subject::{ADMIN_OPERATIONS, QUEUE_GROUP, SERVICE_NAME, SERVICE_VERSION, TENANT_OPERATIONS};
@@ -111,14 +112,20 @@ async fn respond(
     reply: ShardReply,
     held: Option<Duration>,
 ) -> Result<(), async_nats::PublishError> {
-    let body = Bytes::copy_from_slice(reply.body.get().as_bytes());
-    if reply.status == 200 && held.is_none() {
+    let body = Bytes::copy_from_slice(reply.client_body().as_bytes());
+    let refusal = match &reply {
+        ShardReply::Refused { code, .. } => Some(*code),
+        // an answer meant for a router only: client_body says INTERNAL, so do the headers
+        ShardReply::Claim(_) | ShardReply::Redirect(_) | ShardReply::Batch(_) => Some(ErrorCode::Internal),
+        ShardReply::Ok(_) | ShardReply::Posted { .. } => None,
+    };
+    if refusal.is_none() && held.is_none() {
         return request.respond(Ok(body)).await;
     }
     let mut headers = HeaderMap::new();
-    if reply.status != 200 {
-        headers.insert("Nats-Service-Error-Code", reply.status.to_string().as_str());
-        headers.insert("Nats-Service-Error", reply.error_code().as_deref().unwrap_or("INTERNAL"));
+    if let Some(code) = refusal {
+        headers.insert("Nats-Service-Error-Code", code.status().to_string().as_str());
+        headers.insert("Nats-Service-Error", code.as_str());
     }
     if let Some(held) = held {
         headers.insert(headers::SERVER_MICROS, held.as_micros().to_string().as_str());

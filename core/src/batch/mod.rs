@@ -31,6 +31,7 @@ pub use rows::*;
 
 use crate::account::{AccountState, EntryEffect};
 use crate::command::{Command, EntryCommand, ExternalRef};
+use crate::error_code::ErrorCode;
 use crate::ids::IdSource;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -89,8 +90,8 @@ impl<I: IdSource> Planner<'_, I> {
 /// Whether a refusal with this status and body is remembered under its key (PROTOCOL.md:
 /// 409 and 422, except the refusals that concern the key itself).
 pub fn rejection_is_stored(status: u16, body: &Value) -> bool {
-    let code = body.pointer("/error/code").and_then(Value::as_str).unwrap_or_default();
-    matches!(status, 409 | 422) && !matches!(code, "IDEMPOTENCY_CONFLICT" | "IN_PROGRESS")
+    let code = body.pointer("/error/code").and_then(Value::as_str).and_then(ErrorCode::parse);
+    matches!(status, 409 | 422) && !matches!(code, Some(ErrorCode::IdempotencyConflict | ErrorCode::InProgress))
 }
 
 /// Keeps the last row for each key, in order: one set-based upsert may touch a row once.

@@ -279,10 +279,10 @@ async fn a_held_leg_cannot_be_spent_or_closed_and_is_undone_or_released_once() {
     // nothing else), all of dave's 50 out of dave
     let into_bob = ids.saga_id(chrono::Utc::now(), 0);
     let bob_leg = |phase| step_command(&cluster, into_bob, phase, true, &bob, Side::Credit, 300);
-    assert_eq!(write_to_shard(&cluster, 2, bob_leg(StepPhase::Forward)).await.status, 200);
+    assert_eq!(write_to_shard(&cluster, 2, bob_leg(StepPhase::Forward)).await.status(), 200);
     let out_of_dave = ids.saga_id(chrono::Utc::now(), 0);
     let dave_leg = |phase| step_command(&cluster, out_of_dave, phase, true, &dave, Side::Debit, 50);
-    assert_eq!(write_to_shard(&cluster, 3, dave_leg(StepPhase::Forward)).await.status, 200);
+    assert_eq!(write_to_shard(&cluster, 3, dave_leg(StepPhase::Forward)).await.status(), 200);
 
     let account = cluster.call("accounts.get", json!({"account_code": bob})).await.ok();
     assert_eq!((account["balance"]["balance_minor"].as_i64(), account["balance"]["held_minor"].as_i64()), (Some(300), Some(300)));
@@ -297,8 +297,8 @@ async fn a_held_leg_cannot_be_spent_or_closed_and_is_undone_or_released_once() {
 
     // bob's leg is undone (its saga turned back), dave's released (its saga posted); twice each
     for _ in 0..2 {
-        assert_eq!(write_to_shard(&cluster, 2, bob_leg(StepPhase::Undo)).await.status, 200);
-        assert_eq!(write_to_shard(&cluster, 3, dave_leg(StepPhase::Release)).await.status, 200);
+        assert_eq!(write_to_shard(&cluster, 2, bob_leg(StepPhase::Undo)).await.status(), 200);
+        assert_eq!(write_to_shard(&cluster, 3, dave_leg(StepPhase::Release)).await.status(), 200);
     }
     let account = cluster.call("accounts.get", json!({"account_code": bob})).await.ok();
     assert_eq!((account["balance"]["balance_minor"].as_i64(), account["balance"]["held_minor"].as_i64()), (Some(0), Some(0)));
@@ -321,10 +321,10 @@ async fn a_step_delivered_twice_posts_once() {
     // twice in one message (one batch), then once more on its own
     let twice = ShardRequest::WriteBatch { commands: vec![step.clone(), step.clone()] };
     let batch = cluster.to_shard(1, &twice).await;
-    let replies: Vec<ShardReply> = serde_json::from_str(batch.body.get()).unwrap();
+    let ShardReply::Batch(replies) = batch else { panic!("a batch answers a batch: {batch:?}") };
     let third = cluster.to_shard(1, &ShardRequest::Write { command: Box::new(step) }).await;
     for reply in replies.iter().chain([&third]) {
-        assert_eq!(reply.status, 200, "{}", reply.body.get());
+        assert_eq!(reply.status(), 200, "{}", reply.client_body());
         assert_eq!(reply.ledger_tx_id(), Some(saga_id));
     }
     let db = cluster.db(1).await;

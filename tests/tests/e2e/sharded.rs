@@ -4,7 +4,7 @@
 use futures::StreamExt;
 use ledger_core::command::{ClaimKeyCommand, ClaimRefCommand, Command, ExternalRef};
 use ledger_core::ring::{HashRing, ShardId};
-use ledger_protocol::internal::ShardRequest;
+use ledger_protocol::internal::{ClaimAnswer, ShardReply, ShardRequest};
 use ledger_protocol::request::PostRequest;
 use ledger_router::external_ref_home_key;
 use ledger_tests::{Cluster, transfer_body};
@@ -177,8 +177,8 @@ async fn a_reference_claimed_by_an_unfinished_request_answers_in_progress() {
         .request(ledger_protocol_subject(home), serde_json::to_vec(&claim).unwrap().into())
         .await
         .expect("the home shard answers");
-    let answer: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
-    assert_eq!(answer["body"]["claim"], "claimed", "{answer}");
+    let answer: ShardReply = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(answer, ShardReply::Claim(ClaimAnswer::Claimed), "{answer:?}");
 
     let mut body = transfer_body("second", &b.0, &b.1, 5, "IDR");
     body["external_ref"] = json!({"type": "psp", "ref": reference});
@@ -225,7 +225,7 @@ async fn claims_of_requests_whose_router_died_are_settled_by_the_sweeper() {
         let client = cluster.client.clone();
         async move {
             let reply = client.request(ledger_protocol_subject(shard), serde_json::to_vec(&request).unwrap().into()).await;
-            serde_json::from_slice::<serde_json::Value>(&reply.expect("the shard answers").payload).unwrap()
+            serde_json::from_slice::<ShardReply>(&reply.expect("the shard answers").payload).unwrap()
         }
     };
 
@@ -241,14 +241,14 @@ async fn claims_of_requests_whose_router_died_are_settled_by_the_sweeper() {
         fingerprint: lost.fingerprint.clone(),
         target_shard: target,
     };
-    assert_eq!(write(lost_home, Command::ClaimKey(claim)).await["body"]["claim"], "claimed");
+    assert_eq!(write(lost_home, Command::ClaimKey(claim)).await, ShardReply::Claim(ClaimAnswer::Claimed));
     let claim = ClaimRefCommand {
         tenant_id: cluster.tenant,
         external_ref: reference.clone(),
         idempotency_key: lost_key.clone(),
         fingerprint: lost.fingerprint.clone(),
     };
-    assert_eq!(write(reference_home, Command::ClaimRef(claim)).await["body"]["claim"], "claimed");
+    assert_eq!(write(reference_home, Command::ClaimRef(claim)).await, ShardReply::Claim(ClaimAnswer::Claimed));
     // 2. claimed and posted, the outcome never recorded at the key's home
     let done_key = key_homed_away(&ring, cluster.tenant, &[target], "done");
     let done_home = ring.shard_for_key(cluster.tenant, &done_key);
@@ -259,9 +259,9 @@ async fn claims_of_requests_whose_router_died_are_settled_by_the_sweeper() {
         fingerprint: done.fingerprint.clone(),
         target_shard: target,
     };
-    assert_eq!(write(done_home, Command::ClaimKey(claim)).await["body"]["claim"], "claimed");
+    assert_eq!(write(done_home, Command::ClaimKey(claim)).await, ShardReply::Claim(ClaimAnswer::Claimed));
     let posted = write(target, Command::Post(done.clone())).await;
-    assert_eq!(posted["status"], 200, "{posted}");
+    assert_eq!(posted.status(), 200, "{posted:?}");
 
     // the sweeper settles both once they are older than claim_abandon_after_ms
     let key_status = |home: ShardId, key: String| {
@@ -287,13 +287,13 @@ async fn claims_of_requests_whose_router_died_are_settled_by_the_sweeper() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     let found = cluster.call("transactions.get", json!({"idempotency_key": done_key})).await.ok();
-    assert_eq!(found["ledger_tx_id"], posted["body"]["ledger_tx_id"]);
+    assert_eq!(found["ledger_tx_id"], posted.body_value()["ledger_tx_id"]);
 
     // the lost request is refused however it comes back, and posted nothing
     let before = transactions_on(&cluster, target as usize).await;
     cluster.call("transactions.post", lost_body.clone()).await.err("REQUEST_ABANDONED", 409);
     let late = write(target, Command::Post(lost)).await;
-    assert_eq!(late["body"]["error"]["code"], "REQUEST_ABANDONED", "{late}");
+    assert_eq!(late.body_value()["error"]["code"], "REQUEST_ABANDONED", "{late:?}");
     assert_eq!(transactions_on(&cluster, target as usize).await, before);
     // its reference is free for another request
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
