@@ -8,7 +8,7 @@ say "dropping databases left behind by earlier test runs"
 psql "$LEDGER_PG_URL/postgres" -tAc "select datname from pg_database where datname like 'ledger_test_%' or datname like 'ledger_proc_%'" |
   while read -r db; do [ -n "$db" ] && psql "$LEDGER_PG_URL/postgres" -qc "drop database if exists \"$db\" with (force)"; done
 say "running the tests (nats-server: $NATS_SERVER_BIN)"
-# The foundation tests (PROTOCOL.md's promises) run three times: on one shard; on four,
+# The foundation tests (docs/PROTOCOL.md's promises) run three times: on one shard; on four,
 # where most of their transfers cross shards and run as sagas; and on four split over two
 # nodes with the router running beside one of them (`ledger-router --node`), reaching
 # that node's shards in-process and the other's over NATS.

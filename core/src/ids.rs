@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-/// `NAMESPACE_URL` of RFC 4122, as PROTOCOL.md section 4 fixes it.
+/// `NAMESPACE_URL` of RFC 4122, as docs/PROTOCOL.md ("Accounts") fixes it.
 pub const ACCOUNT_NAMESPACE: Uuid = Uuid::NAMESPACE_URL;
 
 /// The largest shard id a ledger id can carry.

@@ -7,7 +7,7 @@
 //! footprint: its payload repeated the event id, type, tenant and transaction id, which
 //! are columns of the same row, spelled out null references, and named every field of
 //! every entry. The batch planner writes the stored form directly
-//! ([`crate::batch`]); the relay turns it back into the event PROTOCOL-NOTES.md
+//! ([`crate::batch`]); the relay turns it back into the event docs/PROTOCOL.md
 //! describes with [`published_payload`] before it publishes.
 //!
 //! The stored form of an event is its published form without:

@@ -68,7 +68,7 @@ fn key_and_fingerprint(key: &str, print: &str) -> Result<(), Rejection> {
 
 fn create_account(command: &CreateAccountCommand) -> Result<(), Rejection> {
     validate::account_code("code", &command.code)?;
-    // ids are derived from tenant and code (PROTOCOL.md section 4): an account under any
+    // ids are derived from tenant and code (docs/PROTOCOL.md, "Accounts"): an account under any
     // other id would be one no client can name, or another account's
     if command.account_id != crate::ids::account_id(command.tenant_id, &command.code) {
         return Err(Rejection::invalid("account_id", "is not the id derived from the tenant and the code"));

@@ -127,8 +127,8 @@ impl Rejection {
     }
 
     /// Whether the rejection is remembered under the idempotency key and replayed to a
-    /// retry (PROTOCOL.md section 5): business rejections with status 409 or 422, except
-    /// the two that concern the key itself.
+    /// retry (docs/PROTOCOL.md, "Idempotency and external references"): business
+    /// rejections with status 409 or 422, except the two that concern the key itself.
     pub fn is_stored_under_key(&self) -> bool {
         self.error_code().is_remembered_under_key()
     }
@@ -224,7 +224,7 @@ impl Rejection {
         }
     }
 
-    /// The reply body of PROTOCOL.md section 2.
+    /// The reply body of docs/PROTOCOL.md, "Replies and errors".
     pub fn to_body(&self) -> Value {
         json!({ "error": { "code": self.code(), "message": self.message(), "details": self.details() } })
     }

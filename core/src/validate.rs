@@ -1,4 +1,4 @@
-//! Stateless checks: the limits and shapes of PROTOCOL.md that need no account state.
+//! Stateless checks: the limits and shapes of docs/PROTOCOL.md that need no account state.
 //! Every limit is a named constant; every failure names the field.
 
 use crate::command::{EntryCommand, ExternalRef, PostCommand};

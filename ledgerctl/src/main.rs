@@ -1,4 +1,4 @@
-//! `ledgerctl`: the ledger for people, over the public NATS protocol (PROTOCOL.md).
+//! `ledgerctl`: the ledger for people, over the public NATS protocol (docs/PROTOCOL.md).
 //! Readable tables by default, `--json` for scripts; a refused request prints its code
 //! and message and exits with status 1.
 

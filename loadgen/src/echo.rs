@@ -10,7 +10,7 @@
 //! It must never be taken for a ledger. It refuses to start while anything answers
 //! `admin.topology` on its NATS; it serves in a queue group of its own, so that a router
 //! started later still receives every request (it does not take a share of them); its
-//! reply body is [`ECHO_BODY`], which no client of PROTOCOL.md can read as a posting; its
+//! reply body is [`ECHO_BODY`], which no client of docs/PROTOCOL.md can read as a posting; its
 //! topology says `"diagnostic_echo": true`, and `ledger-load` says so in its results.
 
 use anyhow::{Context, bail};

@@ -8,7 +8,7 @@
 //! is excluded from the results, which go to a JSON file and an SVG plot, and with
 //! `--trace` every measured answer (when it was sent, its latency) to a CSV file. With
 //! `--server-timing` each request asks the ledger how long it held it (the
-//! `Ledger-Timing` header of docs/PROTOCOL-NOTES.md), and each phase also reports that
+//! `Ledger-Timing` header of docs/PROTOCOL.md, "Server timing"), and each phase also reports that
 //! time and the rest of the latency (NATS, this process) apart. Pointed at `ledger-echo`
 //! (`ledger_load::echo`), whose topology says so, it measures the message path alone and
 //! says in its results that nothing was posted.

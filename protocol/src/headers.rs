@@ -1,4 +1,4 @@
-//! Optional NATS headers beyond PROTOCOL.md's error headers (docs/PROTOCOL-NOTES.md).
+//! Optional NATS headers beyond docs/PROTOCOL.md's error headers (docs/PROTOCOL.md, "Server timing").
 //!
 //! Server timing: a client that sends [`TIMING_REQUEST`] (any value) on a request gets
 //! [`SERVER_MICROS`] on the reply, so that it can tell the time the ledger held its

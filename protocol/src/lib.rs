@@ -1,6 +1,6 @@
 //! # ledger-protocol
 //!
-//! The wire contract of PROTOCOL.md as Rust types, and the internal messages between
+//! The wire contract of docs/PROTOCOL.md as Rust types, and the internal messages between
 //! routers and shard nodes.
 //!
 //! ## Layout
@@ -9,7 +9,7 @@
 //!   field named), and their conversion into validated core commands.
 //! - [`reply`]: reply bodies (account object, transaction replies, statements).
 //! - [`internal`]: router ↔ shard node messages; [`shard_reply`]: a shard's typed answer.
-//! - [`headers`]: the optional timing headers (docs/PROTOCOL-NOTES.md).
+//! - [`headers`]: the optional timing headers (docs/PROTOCOL.md, "Server timing").
 
 pub mod headers;
 pub mod internal;

@@ -1,4 +1,4 @@
-//! Reply bodies of PROTOCOL.md. Times are serialized with [`crate::format_time`].
+//! Reply bodies of docs/PROTOCOL.md. Times are serialized with [`crate::format_time`].
 
 use chrono::{DateTime, Utc};
 use ledger_core::batch::{PostedEntry, PostedTx};
@@ -13,7 +13,7 @@ pub struct BalanceObject {
     pub debits_minor: i64,
     pub credits_minor: i64,
     /// The part of `balance_minor` that a cross-shard transaction still in flight brought
-    /// in: not spendable until that transaction settles (docs/PROTOCOL-NOTES.md).
+    /// in: not spendable until that transaction settles (docs/PROTOCOL.md, "Server timing").
     pub held_minor: i64,
     pub version: i64,
     #[serde(with = "crate::time_format")]

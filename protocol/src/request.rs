@@ -1,4 +1,4 @@
-//! Request bodies of PROTOCOL.md, parsed strictly, and their conversion into validated
+//! Request bodies of docs/PROTOCOL.md, parsed strictly, and their conversion into validated
 //! core commands. Every refusal is a [`Rejection`] that names the field.
 
 use crate::internal::{StatementQuery, TransactionLookup};

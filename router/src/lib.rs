@@ -1,6 +1,6 @@
 //! # ledger-router
 //!
-//! The NATS front door: the `ledger` service of PROTOCOL.md (so `$SRV.PING|INFO|STATS.ledger`
+//! The NATS front door: the `ledger` service of docs/PROTOCOL.md (so `$SRV.PING|INFO|STATS.ledger`
 //! answer), in a queue group so that any number of routers share the load. A router keeps
 //! no state of its own: it parses and validates a request, places its accounts on the
 //! hash ring, forwards the work to the shard that owns them, and relays the answer with

@@ -182,7 +182,7 @@ impl Router {
         }
     }
 
-    /// A retry of a request whose saga is running waits for it (PROTOCOL.md: "IN_PROGRESS
+    /// A retry of a request whose saga is running waits for it (docs/PROTOCOL.md: "IN_PROGRESS
     /// (or wait, bounded)"): the saga's reply, marked replayed, once it ends; IN_PROGRESS
     /// if it does not end within the request timeout.
     async fn await_saga(&self, home: ShardId, tenant_id: Uuid, saga_id: Uuid) -> ShardReply {

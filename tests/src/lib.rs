@@ -169,7 +169,7 @@ pub fn foundation_shards() -> usize {
 }
 
 impl Cluster {
-    /// A cluster for a test of PROTOCOL.md's promises, which must hold whatever the number
+    /// A cluster for a test of docs/PROTOCOL.md's promises, which must hold whatever the number
     /// of shards ([`foundation_shards`]).
     pub async fn foundation() -> Cluster {
         Cluster::start(foundation_shards()).await

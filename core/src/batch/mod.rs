@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 pub const TX_TYPE_REVERSAL: &str = "REVERSAL";
 
-/// How long an idempotency key is remembered (PROTOCOL.md: at least 7 days).
+/// How long an idempotency key is remembered (docs/PROTOCOL.md: at least 7 days).
 pub const IDEMPOTENCY_KEY_RETENTION_DAYS: i64 = 8;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -87,7 +87,7 @@ impl<I: IdSource> Planner<'_, I> {
     }
 }
 
-/// Whether a refusal with this status and body is remembered under its key (PROTOCOL.md:
+/// Whether a refusal with this status and body is remembered under its key (docs/PROTOCOL.md:
 /// 409 and 422, except the refusals that concern the key itself).
 pub fn rejection_is_stored(status: u16, body: &Value) -> bool {
     let code = body.pointer("/error/code").and_then(Value::as_str).and_then(ErrorCode::parse);

@@ -1,4 +1,4 @@
-//! Every reachable error code of PROTOCOL.md section 2, each triggered by a request,
+//! Every reachable error code of docs/PROTOCOL.md ("Replies and errors"), each triggered by a request,
 //! each leaving nothing written (or, for a refusal stored under its key, that record, and
 //! across shards at most compensated legs); and bad input that must neither crash nor
 //! wedge the service. Runs on 1 shard and on 4 (`LEDGER_TEST_SHARDS`).

@@ -1,4 +1,4 @@
-//! PROTOCOL.md's promises across a 4-shard cluster: an idempotency key and an external
+//! docs/PROTOCOL.md's promises across a 4-shard cluster: an idempotency key and an external
 //! reference are unique per tenant across the cluster, whatever shards the requests touch.
 
 use futures::StreamExt;
