@@ -27,6 +27,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use ledger_core::ring::{HashRing, RingParams, ShardId};
 use ledger_protocol::headers;
+use ledger_protocol::request::{CreateAccountRequest, EntryRequest, PostRequest};
 use report::{Latency, Phase};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -152,7 +153,7 @@ struct Answer {
 
 impl Target {
     fn subject(&self, operation: &str) -> String {
-        format!("ledger.v1.{}.{operation}", self.tenant.hyphenated())
+        ledger_protocol::subject::tenant_subject(self.tenant, operation)
     }
 
     /// Sends one request; `Err` when no answer came.
@@ -203,10 +204,21 @@ async fn connect(args: &Args) -> anyhow::Result<Target> {
 }
 
 fn transfer_body(key: &str, debit: &str, credit: &str, amount: u64) -> Vec<u8> {
-    format!(
-        r#"{{"idempotency_key":"{key}","type":"LOAD","actor":"ledger-load","entries":[{{"account_code":"{debit}","side":"DEBIT","amount_minor":{amount},"currency":"USD"}},{{"account_code":"{credit}","side":"CREDIT","amount_minor":{amount},"currency":"USD"}}]}}"#
-    )
-    .into_bytes()
+    let entry = |code: &str, side: &str| EntryRequest {
+        account_code: Some(code.to_owned()),
+        side: side.to_owned(),
+        amount_minor: amount as i64,
+        currency: "USD".to_owned(),
+        ..Default::default()
+    };
+    let request = PostRequest {
+        idempotency_key: key.to_owned(),
+        tx_type: "LOAD".to_owned(),
+        actor: "ledger-load".to_owned(),
+        entries: vec![entry(debit, "DEBIT"), entry(credit, "CREDIT")],
+        ..Default::default()
+    };
+    serde_json::to_vec(&request).expect("requests serialize")
 }
 
 /// Runs `work` over `items` with `concurrency` requests in flight; fails on any refusal.
@@ -248,8 +260,14 @@ fn progress(length: u64, label: &str, quiet: bool) -> ProgressBar {
 /// Creates the population's accounts and one source account per shard, and funds them.
 async fn setup(target: &Target, population: &Population, args: &Args) -> anyhow::Result<()> {
     let create = |code: &str, allow_negative: bool| {
-        let body = json!({"code": code, "type": "LIABILITY", "currency": "USD", "allow_negative": allow_negative});
-        (target.subject("accounts.create"), serde_json::to_vec(&body).expect("json"))
+        let request = CreateAccountRequest {
+            code: code.to_owned(),
+            account_type: "LIABILITY".to_owned(),
+            currency: "USD".to_owned(),
+            allow_negative,
+            metadata: None,
+        };
+        (target.subject("accounts.create"), serde_json::to_vec(&request).expect("requests serialize"))
     };
     let mut sources = BTreeMap::new();
     for shard in target.ring.shards() {

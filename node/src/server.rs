@@ -17,7 +17,7 @@ use ledger_protocol::internal::{ClaimAnswer, Redirect, ShardReply, ShardRequest,
 use ledger_protocol::reply::PostReply;
 use ractor::{Actor, ActorRef};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
@@ -45,28 +45,7 @@ struct ShardRuntime {
 
 /// Creates the shard's database if the server does not have it yet.
 pub async fn ensure_database(database_url: &str) -> anyhow::Result<()> {
-    let options = PgConnectOptions::from_str(database_url).context("parse database_url")?;
-    let name = options.get_database().unwrap_or("postgres").to_owned();
-    let mut admin = options.clone().database("postgres").connect().await.context("connect to the postgres database")?;
-    let exists: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await?;
-    if !exists {
-        let create = format!("create database \"{}\"", name.replace('"', "\"\""));
-        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
-            // another node or test may have created it in between
-            let created_meanwhile: bool = sqlx::query_scalar("select exists(select 1 from pg_database where datname = $1)")
-                .bind(&name)
-                .fetch_one(&mut admin)
-                .await?;
-            if !created_meanwhile {
-                return Err(error).context("create database");
-            }
-        }
-    }
-    admin.close().await?;
-    Ok(())
+    store::ensure_database(database_url).await.with_context(|| format!("create the database of {database_url}"))
 }
 
 /// The PostgreSQL server a shard's database lives on, as far as its URL tells.

@@ -270,7 +270,7 @@ impl ShardState {
         self.ensure_open().await?;
         let owner = self.watermark.last_commit_seq;
         let mut tx = self.writer.as_mut().expect("opened above").begin().await?;
-        let owned: i64 = sqlx::query_scalar("select last_commit_seq from ledger_shard for update").fetch_one(&mut *tx).await?;
+        let owned = store::lock_watermark(&mut tx).await?;
         if owned != owner {
             return Err(StoreError::Fenced);
         }

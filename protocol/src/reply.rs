@@ -3,24 +3,26 @@
 use chrono::{DateTime, Utc};
 use ledger_core::batch::{PostedEntry, PostedTx};
 use ledger_core::command::ExternalRef;
-use serde::Serialize;
+use ledger_core::error_code::ErrorCode;
+use ledger_core::money::Side;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BalanceObject {
     pub balance_minor: i64,
     pub debits_minor: i64,
     pub credits_minor: i64,
     /// The part of `balance_minor` that a cross-shard transaction still in flight brought
-    /// in: not spendable until that transaction settles (docs/PROTOCOL.md, "Server timing").
+    /// in: not spendable until that transaction settles (docs/PROTOCOL.md, "Cross-shard transactions").
     pub held_minor: i64,
     pub version: i64,
     #[serde(with = "crate::time_format")]
     pub updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AccountObject {
     pub account_id: Uuid,
     pub tenant_id: Uuid,
@@ -38,11 +40,11 @@ pub struct AccountObject {
     pub balance: BalanceObject,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntryReply {
     pub ledger_entry_id: Uuid,
     pub account_id: Uuid,
-    pub side: &'static str,
+    pub side: Side,
     pub amount_minor: i64,
     pub currency: String,
     pub entry_seq: i32,
@@ -54,7 +56,7 @@ impl From<&PostedEntry> for EntryReply {
         EntryReply {
             ledger_entry_id: entry.ledger_entry_id,
             account_id: entry.account_id,
-            side: entry.side.as_str(),
+            side: entry.side,
             amount_minor: entry.amount_minor,
             currency: entry.currency.to_string(),
             entry_seq: entry.entry_seq,
@@ -63,11 +65,19 @@ impl From<&PostedEntry> for EntryReply {
     }
 }
 
+/// A transaction's status: posted, or reversed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TxStatus {
+    Posted,
+    Reversed,
+}
+
 /// The reply of `transactions.post` and `transactions.reverse`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostReply {
     pub ledger_tx_id: Uuid,
-    pub status: &'static str,
+    pub status: TxStatus,
     #[serde(with = "crate::time_format")]
     pub posted_at: DateTime<Utc>,
     pub replayed: bool,
@@ -78,7 +88,7 @@ impl PostReply {
     pub fn new(posted: &PostedTx, replayed: bool) -> PostReply {
         PostReply {
             ledger_tx_id: posted.ledger_tx_id,
-            status: "POSTED",
+            status: TxStatus::Posted,
             posted_at: posted.posted_at,
             replayed,
             entries: posted.entries.iter().map(EntryReply::from).collect(),
@@ -86,7 +96,7 @@ impl PostReply {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatementEntry {
     pub ledger_entry_id: Uuid,
     pub ledger_tx_id: Uuid,
@@ -103,19 +113,19 @@ pub struct StatementEntry {
     pub external_ref: Option<ExternalRef>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatementReply {
     pub entries: Vec<StatementEntry>,
     pub next_cursor: Option<String>,
 }
 
 /// The reply of `transactions.get`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransactionObject {
     pub ledger_tx_id: Uuid,
     #[serde(rename = "type")]
     pub tx_type: String,
-    pub status: &'static str,
+    pub status: TxStatus,
     pub entries: Vec<EntryReply>,
     pub reverses_ledger_tx_id: Option<Uuid>,
     pub reversed_by_ledger_tx_id: Option<Uuid>,
@@ -128,4 +138,17 @@ pub struct TransactionObject {
     pub external_ref: Option<ExternalRef>,
     pub reason_code: Option<String>,
     pub metadata: Value,
+}
+
+/// A refusal's body: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: ErrorObject,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorObject {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Value,
 }

@@ -11,8 +11,8 @@ use ledger_core::ids::account_id;
 use ledger_core::money::{AccountType, Side};
 use ledger_core::rejection::Rejection;
 use ledger_core::validate::{self, REQUEST_BYTES_MAX};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -49,10 +49,12 @@ fn field_of(path: &str, message: &str) -> String {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccountRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_code: Option<String>,
 }
 
@@ -98,7 +100,7 @@ fn metadata(value: Option<Value>) -> Result<Value, Rejection> {
     Ok(value)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
     pub code: String,
@@ -107,6 +109,7 @@ pub struct CreateAccountRequest {
     pub currency: String,
     #[serde(default)]
     pub allow_negative: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
 }
 
@@ -134,13 +137,16 @@ impl AccountRef {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetStatusRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_code: Option<String>,
     pub status: String,
     pub actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason_code: Option<String>,
 }
 
@@ -160,14 +166,20 @@ impl SetStatusRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StatementRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
 }
 
@@ -205,17 +217,19 @@ impl StatementRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EntryRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account_code: Option<String>,
     pub side: String,
     pub amount_minor: i64,
     pub currency: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExternalRefRequest {
     #[serde(rename = "type")]
@@ -232,18 +246,23 @@ impl ExternalRefRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostRequest {
     pub idempotency_key: String,
     #[serde(rename = "type")]
     pub tx_type: String,
     pub entries: Vec<EntryRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<ExternalRefRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub business_ref: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<String>,
     pub actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
 }
 
@@ -305,7 +324,7 @@ impl PostRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReverseRequest {
     pub idempotency_key: String,
@@ -332,11 +351,14 @@ impl ReverseRequest {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GetTransactionRequest {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_tx_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub external_ref: Option<ExternalRefRequest>,
 }
 
@@ -355,7 +377,7 @@ impl GetTransactionRequest {
 }
 
 /// `{}`: the body of operator requests that take no arguments.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyRequest {}
 

@@ -24,6 +24,11 @@ pub fn tenant_subject(tenant_id: Uuid, operation: &str) -> String {
     format!("ledger.v1.{}.{operation}", tenant_id.hyphenated())
 }
 
+/// `ledger.v1.admin.<operation>`.
+pub fn admin_subject(operation: &str) -> String {
+    format!("ledger.v1.admin.{operation}")
+}
+
 /// The tenant of a public subject, if it is a lowercase canonical UUID.
 pub fn tenant_of(subject: &str) -> Option<Uuid> {
     let tenant = subject.strip_prefix("ledger.v1.")?.split('.').next()?;

@@ -7,15 +7,15 @@ use crate::Router;
 use crate::dispatch::rejected;
 use chrono::Utc;
 use ledger_core::command::{
-    BeginSagaCommand, ClaimRefCommand, Command, CompleteRefCommand, EntryCommand, PostCommand, RefCompletion, ReverseCommand,
-    SagaProgressCommand, SagaStepCommand,
+    BeginSagaCommand, ClaimRefCommand, Command, CompleteRefCommand, PostCommand, ReverseCommand, SagaProgressCommand,
+    SagaStepCommand,
 };
 use ledger_core::error_code::ErrorCode;
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::ShardId;
 use ledger_core::saga::{
-    LegHeader, NextAction, SagaKind, SagaRecord, SagaState, SagaStep, StepAction, StepPhase, StepResult, StepStatus,
-    clearing_account_id, plan_legs,
+    KnownAccount, NextAction, SagaKind, SagaRecord, SagaState, StepPhase, StepResult, StepStatus, clearing_account_id, plan_post,
+    plan_reverse, reversed_accounts, reversible,
 };
 use ledger_protocol::internal::{AccountFacts, ClaimAnswer, ShardReply, ShardRequest};
 use serde_json::{Value, json};
@@ -41,102 +41,32 @@ enum StepAnswer {
 const STEP_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Router {
-    /// A post whose accounts live on several shards.
+    /// A post whose accounts live on several shards: its accounts' facts read (or
+    /// cached), then the saga the core plans from them, or the refusal it decides first.
     pub(crate) async fn cross_shard_post(&self, command: PostCommand) -> ShardReply {
         let facts = match self.account_facts(command.tenant_id, command.entries.iter().map(|e| e.account_id)).await {
             Ok(facts) => facts,
             Err(reply) => return reply,
         };
-        // Refusals that consume no key are decided before anything is written.
-        for entry in &command.entries {
-            let Some(account) = facts.get(&entry.account_id) else {
-                return rejected(Rejection::AccountNotFound { account_id: Some(entry.account_id) });
-            };
-            if account.currency != entry.currency.as_str() {
-                return rejected(Rejection::CurrencyMismatch {
-                    account_id: entry.account_id,
-                    account_currency: account.currency.clone(),
-                    entry_currency: entry.currency.to_string(),
-                });
-            }
-            let shard = self.ring.shard_for_account(entry.account_id);
-            if entry.account_id == clearing_account_id(command.tenant_id, shard, entry.currency) {
-                return rejected(Rejection::clearing_account(entry.account_id));
-            }
+        match plan_post(&command, known_in(&facts), |id| self.ring.shard_for_account(id), Utc::now()) {
+            Ok(draft) => self.run_saga(draft).await,
+            Err(refusal) => rejected(refusal),
         }
-        let legs = plan_legs(&command.entries, |id| self.ring.shard_for_account(id), |e| is_outgoing(&facts, e));
-        let steps = legs.into_iter().map(|(shard, entries)| SagaStep::new(shard, StepAction::Post { entries })).collect();
-        let header = LegHeader {
-            tx_type: command.tx_type.clone(),
-            actor: command.actor.clone(),
-            reason_code: command.reason_code.clone(),
-            business_ref: command.business_ref.clone(),
-            external_ref: command.external_ref.clone(),
-            occurred_at: command.occurred_at,
-            metadata: command.metadata.clone(),
-            entry_count: command.entries.len(),
-        };
-        let draft = SagaRecord::draft(
-            command.tenant_id,
-            &command.idempotency_key,
-            &command.fingerprint,
-            SagaKind::Post,
-            header,
-            steps,
-            Utc::now(),
-        );
-        self.run_saga(draft).await
     }
 
-    /// The reversal of a cross-shard transaction: claim the original on its saga's home
-    /// shard (a transaction is reversed at most once), then mirror each leg on its shard.
+    /// The reversal of a cross-shard transaction (see [`plan_reverse`]).
     pub(crate) async fn cross_shard_reverse(&self, command: ReverseCommand, original: SagaRecord) -> ShardReply {
-        if original.state != SagaState::Posted {
-            return rejected(Rejection::TransactionNotFound);
+        if let Err(refusal) = reversible(&original) {
+            return rejected(refusal);
         }
-        if matches!(original.kind, SagaKind::Reverse { .. }) {
-            return rejected(Rejection::invalid(
-                "ledger_tx_id",
-                "a reversal cannot itself be reversed; post a new transaction to correct it",
-            ));
-        }
-        let original_home = ledger_core::ids::shard_of_ledger_id(original.saga_id).expect("saga ids carry their shard");
-        let leg_entries: Vec<(u16, Vec<EntryCommand>)> = original
-            .leg_steps()
-            .map(|(_, step)| match &step.action {
-                StepAction::Post { entries } => (step.shard, entries.iter().map(|e| e.entry.clone()).collect()),
-                _ => (step.shard, Vec::new()),
-            })
-            .collect();
-        let all: Vec<Uuid> = leg_entries.iter().flat_map(|(_, e)| e.iter().map(|e| e.account_id)).collect();
-        let facts = match self.account_facts(command.tenant_id, all.into_iter()).await {
+        let facts = match self.account_facts(command.tenant_id, reversed_accounts(&original).into_iter()).await {
             Ok(facts) => facts,
             Err(reply) => return reply,
         };
-        // a mirrored leg takes money out where the original brought it in
-        let mut mirrors: Vec<(u16, bool)> = leg_entries
-            .iter()
-            .map(|(shard, entries)| {
-                (*shard, entries.iter().any(|e| is_outgoing(&facts, &EntryCommand { side: e.side.opposite(), ..e.clone() })))
-            })
-            .collect();
-        mirrors.sort_by_key(|(_, outgoing)| !outgoing);
-        let mut steps = vec![SagaStep::new(original_home, StepAction::ClaimReversal { of: original.saga_id })];
-        steps.extend(mirrors.into_iter().map(|(shard, _)| SagaStep::new(shard, StepAction::Mirror { of: original.saga_id })));
-        let header = LegHeader {
-            tx_type: ledger_core::batch::TX_TYPE_REVERSAL.to_owned(),
-            actor: command.actor.clone(),
-            reason_code: Some(command.reason_code.clone()),
-            business_ref: original.header.business_ref.clone(),
-            external_ref: None,
-            occurred_at: None,
-            metadata: json!({}),
-            entry_count: original.header.entry_count,
-        };
-        let kind = SagaKind::Reverse { of: original.saga_id };
-        let draft =
-            SagaRecord::draft(command.tenant_id, &command.idempotency_key, &command.fingerprint, kind, header, steps, Utc::now());
-        self.run_saga(draft).await
+        match plan_reverse(&command, &original, known_in(&facts), Utc::now()) {
+            Ok(draft) => self.run_saga(draft).await,
+            Err(refusal) => rejected(refusal),
+        }
     }
 
     /// Opens the saga on the key's home shard, claims its external reference, drives it
@@ -248,15 +178,8 @@ impl Router {
     /// reason). Done before the terminal log is written, so that a coordinator that dies
     /// in between leaves a saga in flight, which recovery settles again.
     async fn settle_reference(&self, record: &SagaRecord, posted: bool) -> Result<(), ShardReply> {
-        let Some(external_ref) = record.header.external_ref.clone() else { return Ok(()) };
-        let refused_for_the_reference = record.failure.as_ref().is_some_and(|f| {
-            f.step.is_none() && matches!(f.code(), Some(ErrorCode::DuplicateExternalRef | ErrorCode::InProgress))
-        });
-        if refused_for_the_reference {
-            return Ok(());
-        }
+        let Some((external_ref, completion)) = record.reference_completion(posted) else { return Ok(()) };
         let home = self.ring.shard_for_key(record.tenant_id, &crate::external_ref_home_key(&external_ref));
-        let completion = if posted { RefCompletion::Bound { ledger_tx_id: record.saga_id } } else { RefCompletion::Released };
         let complete = CompleteRefCommand {
             tenant_id: record.tenant_id,
             external_ref,
@@ -483,8 +406,9 @@ fn step_answer(reply: ShardReply) -> StepAnswer {
     }
 }
 
-fn is_outgoing(facts: &HashMap<Uuid, AccountFacts>, entry: &EntryCommand) -> bool {
-    facts.get(&entry.account_id).is_some_and(|f| entry.side != f.account_type.normal_side())
+/// The accounts' facts as the core's planning reads them.
+fn known_in<'a>(facts: &'a HashMap<Uuid, AccountFacts>) -> impl Fn(Uuid) -> Option<KnownAccount<'a>> {
+    |id| facts.get(&id).map(|f| KnownAccount { account_type: f.account_type, currency: &f.currency })
 }
 
 async fn pause_or_give_up(deadline: Instant, reply: ShardReply) -> Result<(), ShardReply> {

@@ -51,3 +51,9 @@ pub async fn watermark(conn: impl PgExecutor<'_>) -> Result<Watermark, StoreErro
     let row = sqlx::query(include_str!("sql/fencing/watermark.sql")).fetch_one(conn).await?;
     Ok(Watermark { last_commit_seq: row.try_get(0)?, last_posted_at: row.try_get(1)?, last_event_seq: row.try_get(2)? })
 }
+
+/// Locks the watermark row for the caller's transaction and reads its commit sequence: a
+/// writer that finds another value than its own has been fenced off.
+pub async fn lock_watermark(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(include_str!("sql/fencing/lock_watermark.sql")).fetch_one(conn).await?)
+}

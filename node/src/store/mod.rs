@@ -6,19 +6,23 @@
 //! of round trips as one.
 
 //!
-//! One file per concern: `fencing`, `prefetch`, `batch_write`, `sagas`, `reads` and
-//! `audit`; their SQL lives beside them in `sql/<concern>/<name>.sql`.
+//! One file per concern: `database`, `fencing`, `prefetch`, `batch_write`, `sagas`,
+//! `reads`, `audit` and `outbox`; their SQL lives beside them in `sql/<concern>/<name>.sql`.
 
 mod audit;
 mod batch_write;
+mod database;
 mod fencing;
+mod outbox;
 mod prefetch;
 mod reads;
 mod sagas;
 
 pub use audit::*;
 pub use batch_write::*;
+pub use database::*;
 pub use fencing::*;
+pub use outbox::*;
 pub use prefetch::*;
 pub use reads::*;
 pub use sagas::*;

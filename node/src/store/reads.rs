@@ -7,7 +7,7 @@ use ledger_core::ids::is_saga_id;
 use ledger_core::money::Side;
 use ledger_protocol::internal::StatementQuery;
 use ledger_protocol::reply::{
-    AccountObject, BalanceObject, EntryReply, PostReply, StatementEntry, StatementReply, TransactionObject,
+    AccountObject, BalanceObject, EntryReply, PostReply, StatementEntry, StatementReply, TransactionObject, TxStatus,
 };
 use ledger_protocol::request::statement_cursor;
 use sqlx::postgres::{PgConnection, PgRow};
@@ -49,7 +49,7 @@ fn entry_reply(row: &PgRow) -> Result<EntryReply, StoreError> {
     Ok(EntryReply {
         ledger_entry_id: row.try_get("ledger_entry_id")?,
         account_id: row.try_get("account_id")?,
-        side: Side::parse(&side).ok_or_else(|| corrupt("side", &side))?.as_str(),
+        side: Side::parse(&side).ok_or_else(|| corrupt("side", &side))?,
         amount_minor: row.try_get("amount_minor")?,
         currency: row.try_get("currency_code")?,
         entry_seq: row.try_get("entry_seq")?,
@@ -91,7 +91,7 @@ pub async fn transaction_object(
     Ok(Some(TransactionObject {
         ledger_tx_id,
         tx_type: row.try_get("tx_type")?,
-        status: if reversed_by.is_some() { "REVERSED" } else { "POSTED" },
+        status: if reversed_by.is_some() { TxStatus::Reversed } else { TxStatus::Posted },
         entries,
         reverses_ledger_tx_id: row.try_get("reverses_ledger_tx_id")?,
         reversed_by_ledger_tx_id: reversed_by,
@@ -134,7 +134,7 @@ pub async fn post_reply(conn: &mut PgConnection, tenant_id: Uuid, ledger_tx_id: 
         .await?;
     let Some(posted_at) = posted_at else { return Ok(None) };
     let entries = entry_replies(conn, ledger_tx_id).await?;
-    Ok(Some(PostReply { ledger_tx_id, status: "POSTED", posted_at, replayed: true, entries }))
+    Ok(Some(PostReply { ledger_tx_id, status: TxStatus::Posted, posted_at, replayed: true, entries }))
 }
 
 /// Where the transaction of an idempotency key is, as this shard knows it.

@@ -1,0 +1,1 @@
+select last_commit_seq from ledger_shard for update;

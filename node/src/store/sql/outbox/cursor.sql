@@ -1,0 +1,1 @@
+select last_published_event_seq from ledger_outbox_cursor;
