@@ -99,7 +99,7 @@ ensure_rust() {
 # wal_init_zero=off: a new WAL segment is otherwise written full of zeroes (16 MB) and
 # synced by the backend that needs it, while every other commit of the server waits for
 # the WAL write lock; at ~15 MB/s of WAL that was a 50-100 ms stall about once a second
-# (docs/BENCHMARKS.md section 7). Commits still fdatasync: durability does not change.
+# (docs/BENCHMARKS.md, "WAL segments not zero-filled"). Commits still fdatasync: durability does not change.
 # track_wal_io_timing=on: the time of each WAL sync, for the benchmark's diagnosis lines
 # (scripts/host_sample.py); it costs two clock reads per WAL write.
 tune_postgres() {
@@ -121,7 +121,7 @@ tune_postgres() {
 }
 
 # The profile of a database host whose WAL shares one disk with everything else
-# (docs/BENCHMARKS.md sections 1 and 3). Writeback: dirty file data is written once it is
+# (docs/BENCHMARKS.md, "The database host's profile"). Writeback: dirty file data is written once it is
 # 1 s old instead of 30 s, and the data disk takes one background write of at most 64 kB
 # at a time (mq-deadline's async_depth, max_sectors_kb), so that a WAL sync never queues
 # behind a burst of table growth and JetStream blocks. Scheduler: no autogroups

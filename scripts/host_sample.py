@@ -18,7 +18,7 @@ threads spent waiting for a core while they could have run
 (`/proc/<pid>/task/<tid>/schedstat`, where the kernel keeps it), how many transfers each
 commit carried, how long each WAL sync held up the commits behind it, and in how many of
 its seconds a checkpoint was running. A checkpoint's first seconds write a full-page image
-of every page they change first (docs/BENCHMARKS.md section 2): given ledger-load's
+of every page they change first (docs/BENCHMARKS.md, "Checkpoints and full-page images"): given ledger-load's
 `--trace` file, `summarize` also gives the p99 of the answers sent in such a wave (the
 seconds with more than one image per ten transfers) and of the others.
 Standard library only.

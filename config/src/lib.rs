@@ -69,7 +69,7 @@ pub struct Limits {
     /// (host and port) at once; absent means no limit. About the server's cores: a writer
     /// that waits for its turn keeps taking commands, so its next batch is larger, and
     /// the server spends less CPU per transfer than on many small concurrent commits
-    /// (docs/BENCHMARKS.md, section 4).
+    /// (docs/BENCHMARKS.md, "Writers take turns on their database server").
     pub batches_in_flight_per_database_server: Option<usize>,
 }
 

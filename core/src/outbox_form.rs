@@ -2,7 +2,7 @@
 //! own columns already say.
 //!
 //! Every byte a shard writes per transfer is a byte the disk must take in (see
-//! docs/BENCHMARKS.md, section 7: unsynced table growth is what the kernel flushes in the
+//! docs/BENCHMARKS.md, "Lighter outbox rows": unsynced table growth is what the kernel flushes in the
 //! bursts that stall commits), and the outbox row was the largest part of a transfer's
 //! footprint: its payload repeated the event id, type, tenant and transaction id, which
 //! are columns of the same row, spelled out null references, and named every field of

@@ -14,8 +14,8 @@ use ledger_core::error_code::ErrorCode;
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::ShardId;
 use ledger_core::saga::{
-    KnownAccount, NextAction, SagaKind, SagaRecord, SagaState, StepPhase, StepResult, StepStatus, clearing_account_id, plan_post,
-    plan_reverse, reversed_accounts, reversible,
+    Drive, Effect, KnownAccount, Learnt, LegReplies, SagaKind, SagaRecord, SagaState, StepPhase, StepResult, plan_post,
+    plan_reverse, posted_reply, reversed_accounts, reversible, step as saga_step,
 };
 use ledger_protocol::internal::{AccountFacts, ClaimAnswer, ShardReply, ShardRequest};
 use serde_json::{Value, json};
@@ -79,7 +79,7 @@ impl Router {
         let run_first_step = draft.header.external_ref.is_none();
         let begin = Command::BeginSaga(Box::new(BeginSagaCommand { record: draft.clone(), run_first_step }));
         let answer = self.link.write(home, begin).await;
-        let mut leg_replies = HashMap::new();
+        let mut leg_replies = LegReplies::new();
         let record = match answer {
             ShardReply::Claim(ClaimAnswer::SagaBegun { saga_id, created_at, first_step }) => {
                 let mut record = SagaRecord { saga_id, created_at, updated_at: created_at, ..draft };
@@ -143,7 +143,7 @@ impl Router {
         &self,
         mut record: SagaRecord,
         deadline: Instant,
-        leg_replies: HashMap<usize, Value>,
+        leg_replies: LegReplies,
     ) -> Result<SagaRecord, ShardReply> {
         // Only a saga that has not turned back claims: one that turned back either holds
         // the claim already (and releases it when it ends) or was refused for it.
@@ -190,118 +190,69 @@ impl Router {
         if answer.is_refusal() { Err(answer) } else { Ok(()) }
     }
 
-    /// The coordinator loop: the next action of the log, executed, recorded, until the
-    /// saga is terminal.
-    async fn drive(
-        &self,
-        mut record: SagaRecord,
-        deadline: Instant,
-        mut leg_replies: HashMap<usize, Value>,
-    ) -> Result<SagaRecord, ShardReply> {
+    /// Executes the coordinator's effects until the saga ends: every decision is the
+    /// core's ([`ledger_core::saga::step`]); this sends, waits and reports. `Err` when
+    /// shards stayed unreachable until `deadline` (the saga stays in flight for recovery).
+    async fn drive(&self, record: SagaRecord, deadline: Instant, leg_replies: LegReplies) -> Result<SagaRecord, ShardReply> {
+        let mut drive = Drive::new(record, leg_replies);
+        let mut learnt = Learnt::Begin;
         loop {
-            let Some(action) = record.next_action() else { return Ok(record) };
-            let state_before = record.state;
-            match action {
-                NextAction::Do(step) => {
-                    record.count_attempt(step);
-                    match self.send_step(&record, step, StepPhase::Forward).await {
-                        StepAnswer::Done(reply) => {
-                            if let Some(reply) = reply {
-                                leg_replies.insert(step, reply);
-                            }
-                            record.record_step(step, StepResult::Posted, Utc::now());
-                        }
-                        StepAnswer::Refused { status, body } => {
-                            record.record_step(step, StepResult::Refused { status, body }, Utc::now());
-                        }
-                        StepAnswer::Unknown(reply) => {
-                            pause_or_give_up(deadline, reply).await?;
-                            continue;
-                        }
+            let (next, effect) = saga_step(drive, learnt, Utc::now());
+            drive = next;
+            learnt = match effect {
+                Effect::Done => return Ok(drive.record),
+                Effect::Stuck(why) => return Err(ShardReply::internal(&why)),
+                Effect::Retry => Learnt::Begin,
+                Effect::Forward(step) => match self.send_step(&drive.record, step, StepPhase::Forward).await {
+                    StepAnswer::Done(reply) => Learnt::Posted { step, reply },
+                    StepAnswer::Refused { status, body } => Learnt::Refused { step, status, body },
+                    StepAnswer::Unknown(reply) => unanswered(deadline, reply).await?,
+                },
+                Effect::Undo(step) => match self.send_step(&drive.record, step, StepPhase::Undo).await {
+                    StepAnswer::Done(reply) => {
+                        let compensation_tx_id = reply.as_ref().and_then(|r| r["ledger_tx_id"].as_str()?.parse().ok());
+                        Learnt::Undone { step, compensation_tx_id }
+                    }
+                    StepAnswer::Refused { body, .. } => {
+                        warn!(saga_id = %drive.record.saga_id, step, %body, "compensation refused; will retry");
+                        pause_or_give_up(deadline, compensation_waiting(body)).await?;
+                        Learnt::UndoRefused { step }
+                    }
+                    StepAnswer::Unknown(reply) => unanswered(deadline, reply).await?,
+                },
+                // The saga cannot turn back any more: its held legs and its reference are
+                // settled together, before the log says it posted.
+                Effect::SettlePosted => {
+                    let (reference, releases) =
+                        futures::join!(self.settle_reference(&drive.record, true), self.release_holds(&drive.record));
+                    match reference.and(releases) {
+                        Ok(()) => Learnt::Settled,
+                        Err(reply) => unanswered(deadline, reply).await?,
                     }
                 }
-                NextAction::Undo(step) => {
-                    record.count_attempt(step);
-                    match self.send_step(&record, step, StepPhase::Undo).await {
-                        StepAnswer::Done(reply) => {
-                            let compensation = reply.as_ref().and_then(|r| r["ledger_tx_id"].as_str()?.parse().ok());
-                            record.record_undo(step, compensation, Utc::now());
-                        }
-                        // Only an unheld leg's compensation can be refused (funds spent, an
-                        // account closed), and only a last leg is unheld, which is never
-                        // undone; logs from before holds existed may still have one. It is
-                        // tried again until it posts: money is never left stranded.
-                        StepAnswer::Refused { body, .. } => {
-                            warn!(saga_id = %record.saga_id, step, %body, "compensation refused; will retry");
-                            pause_or_give_up(deadline, compensation_waiting(body)).await?;
-                            continue;
-                        }
-                        StepAnswer::Unknown(reply) => {
-                            pause_or_give_up(deadline, reply).await?;
-                            continue;
-                        }
-                    }
-                }
-                NextAction::FinishPosted => {
-                    // legs posted by an earlier coordinator replay their replies
-                    for (step, _) in record.leg_steps().map(|(i, s)| (i, s.clone())).collect::<Vec<_>>() {
-                        if leg_replies.contains_key(&step) {
-                            continue;
-                        }
-                        match self.send_step(&record, step, StepPhase::Forward).await {
-                            StepAnswer::Done(Some(reply)) => {
-                                leg_replies.insert(step, reply);
-                            }
-                            StepAnswer::Unknown(reply) => {
-                                pause_or_give_up(deadline, reply).await?;
-                            }
-                            _ => return Err(ShardReply::internal("a posted saga leg did not replay")),
-                        }
-                    }
-                    if leg_replies.len() < record.leg_steps().count() {
-                        continue;
-                    }
-                    // The saga cannot turn back any more: settle its held legs and its
-                    // reference, together, before the log says it posted.
-                    let (reference, releases) = futures::join!(self.settle_reference(&record, true), self.release_holds(&record));
-                    if let Err(reply) = reference.and(releases) {
-                        pause_or_give_up(deadline, reply).await?;
-                        continue;
-                    }
-                    let reply = posted_reply(&record, &leg_replies);
-                    record.finish(reply, Utc::now());
-                }
-                NextAction::FinishCompensated => {
-                    if let Err(reply) = self.settle_reference(&record, false).await {
-                        pause_or_give_up(deadline, reply).await?;
-                        continue;
-                    }
-                    let reply = refusal_reply(&record);
-                    record.finish(reply, Utc::now());
-                }
-            }
-            // The log is written when the saga turns back and when it ends (and was written
-            // before the first step). Step results in between need no write: a resuming
-            // coordinator learns them again by re-sending the steps, which replay.
-            if record.state != state_before {
-                record = self.save(record, deadline).await?;
-            }
+                Effect::SettleCompensated => match self.settle_reference(&drive.record, false).await {
+                    Ok(()) => Learnt::Settled,
+                    Err(reply) => unanswered(deadline, reply).await?,
+                },
+                Effect::Save(record) => match self.save(*record).await {
+                    Ok(stored) => Learnt::Saved(Box::new(stored)),
+                    Err(reply) if reply.outcome_unknown() => unanswered(deadline, reply).await?,
+                    Err(reply) => return Err(reply),
+                },
+            };
         }
     }
 
-    /// Writes the coordinator's progress to the saga log; the log as stored wins (another
-    /// coordinator may have moved it further).
-    async fn save(&self, record: SagaRecord, deadline: Instant) -> Result<SagaRecord, ShardReply> {
+    /// Writes the coordinator's progress to the saga log once; the log as stored wins
+    /// (another coordinator may have moved it further).
+    async fn save(&self, record: SagaRecord) -> Result<SagaRecord, ShardReply> {
         let home = ledger_core::ids::shard_of_ledger_id(record.saga_id).expect("saga ids carry their shard");
-        loop {
-            let command = Command::SagaProgress(Box::new(SagaProgressCommand { record: record.clone() }));
-            let answer = self.link.write(home, command).await;
-            match answer {
-                ShardReply::Claim(ClaimAnswer::SagaSaved { updated_at }) => return Ok(SagaRecord { updated_at, ..record }),
-                ShardReply::Claim(ClaimAnswer::Saga { record }) => return Ok(*record),
-                _ if answer.outcome_unknown() => pause_or_give_up(deadline, answer).await?,
-                other => return Err(ShardReply::internal(&format!("saga log refused progress: {other:?}"))),
-            }
+        let command = Command::SagaProgress(Box::new(SagaProgressCommand { record: record.clone() }));
+        match self.link.write(home, command).await {
+            ShardReply::Claim(ClaimAnswer::SagaSaved { updated_at }) => Ok(SagaRecord { updated_at, ..record }),
+            ShardReply::Claim(ClaimAnswer::Saga { record }) => Ok(*record),
+            answer if answer.outcome_unknown() => Err(answer),
+            other => Err(ShardReply::internal(&format!("saga log refused progress: {other:?}"))),
         }
     }
 
@@ -388,7 +339,7 @@ impl Router {
             let saga_id = record.saga_id;
             info!(%saga_id, shard, state = record.state.as_str(), "resuming an abandoned saga");
             let deadline = Instant::now() + self.link.request_timeout;
-            match self.finish_saga(record, deadline, HashMap::new()).await {
+            match self.finish_saga(record, deadline, LegReplies::new()).await {
                 Ok(done) => info!(%saga_id, state = done.state.as_str(), "saga resumed to its end"),
                 Err(reply) => warn!(%saga_id, reply = %reply.client_body(), "saga still cannot finish; will retry"),
             }
@@ -409,6 +360,13 @@ fn step_answer(reply: ShardReply) -> StepAnswer {
 /// The accounts' facts as the core's planning reads them.
 fn known_in<'a>(facts: &'a HashMap<Uuid, AccountFacts>) -> impl Fn(Uuid) -> Option<KnownAccount<'a>> {
     |id| facts.get(&id).map(|f| KnownAccount { account_type: f.account_type, currency: &f.currency })
+}
+
+/// An effect whose outcome is unknown: after a pause the coordinator decides again, unless
+/// the request's time is up.
+async fn unanswered(deadline: Instant, reply: ShardReply) -> Result<Learnt, ShardReply> {
+    pause_or_give_up(deadline, reply).await?;
+    Ok(Learnt::NoAnswer)
 }
 
 async fn pause_or_give_up(deadline: Instant, reply: ShardReply) -> Result<(), ShardReply> {
@@ -437,62 +395,6 @@ pub(crate) fn saga_reply(record: &SagaRecord) -> ShardReply {
     }
 }
 
-/// One post reply for the whole transaction: the client's entries from every leg, in
-/// their request order; clearing entries are the ledger's own bookkeeping and stay out.
-fn posted_reply(record: &SagaRecord, leg_replies: &HashMap<usize, Value>) -> Value {
-    let mut entries: Vec<Value> = Vec::new();
-    let mut posted_at = String::new();
-    for (step, reply) in leg_replies {
-        let shard = record.steps[*step].shard;
-        if let Some(at) = reply["posted_at"].as_str()
-            && at > posted_at.as_str()
-        {
-            posted_at = at.to_owned();
-        }
-        for entry in reply["entries"].as_array().into_iter().flatten() {
-            let account: Option<Uuid> = entry["account_id"].as_str().and_then(|a| a.parse().ok());
-            let currency = entry["currency"].as_str().and_then(ledger_core::currency::Currency::parse);
-            let is_clearing =
-                matches!((account, currency), (Some(a), Some(c)) if a == clearing_account_id(record.tenant_id, shard, c));
-            if !is_clearing {
-                entries.push(entry.clone());
-            }
-        }
-    }
-    entries.sort_by_key(|e| e["entry_seq"].as_i64().unwrap_or(i64::MAX));
-    json!({
-        "ledger_tx_id": record.saga_id,
-        "status": "POSTED",
-        "posted_at": posted_at,
-        "replayed": false,
-        "entries": entries,
-    })
-}
-
-/// The refusal that turned the saga back, with the saga's story in `details.saga`.
-fn refusal_reply(record: &SagaRecord) -> Value {
-    let Some(failure) = &record.failure else { return Value::Null };
-    let mut body = failure.body.clone();
-    let compensations: Vec<Value> = record
-        .steps
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.status == StepStatus::Compensated)
-        .map(|(i, s)| json!({"step": i, "shard": s.shard, "ledger_tx_id": s.compensation_tx_id}))
-        .collect();
-    let failed_leg = failure.step.map(|i| json!({"step": i, "shard": record.steps[i].shard}));
-    if let Some(details) = body.pointer_mut("/error/details")
-        && details.is_object()
-    {
-        details["saga"] = json!({
-            "saga_id": record.saga_id,
-            "failed_leg": failed_leg,
-            "compensations": compensations,
-        });
-    }
-    body
-}
-
 impl Router {
     /// `transactions.get` of a cross-shard transaction: its legs, read from their shards,
     /// as one transaction object.
@@ -501,7 +403,7 @@ impl Router {
             let ask = ShardRequest::GetLeg { tenant_id: record.tenant_id, ledger_tx_id: record.saga_id };
             async move { (step, self.link.send(leg.shard, &ask).await) }
         });
-        let mut legs = HashMap::new();
+        let mut legs = LegReplies::new();
         for (step, reply) in futures::future::join_all(reads).await {
             if reply.is_refusal() {
                 return reply;

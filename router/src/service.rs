@@ -83,8 +83,9 @@ pub async fn run_beside(
                 let router = router.clone();
                 tokio::spawn(async move {
                     // Boxed: the future of `handle` holds the state of every operation;
-                    // held inline, it made the task so large that copying it on spawn
-                    // took about 5% of this process's CPU (docs/BENCHMARKS.md, section 1).
+                    // held inline, it made the task so large that copying it on spawn took
+                    // about 5% of this process's CPU (docs/BENCHMARKS.md, "Boxed request
+                    // futures").
                     let reply = Box::pin(router.handle(&request.message.subject, &request.message.payload)).await;
                     let held = wants_timing(&request.message).then(|| received.elapsed());
                     if let Err(error) = respond(&request, reply, held).await {

@@ -18,7 +18,9 @@
 //!
 //! [`legs`] splits a transaction into legs and balances each through its shard's clearing
 //! account; [`cross_shard`] decides what a cross-shard request becomes before its saga
-//! opens, and what its external reference's home learns when it ends.
+//! opens, and what its external reference's home learns when it ends; [`coordinator`] is
+//! the coordinator as a pure step over the log, executed by the router; [`reply`] is the
+//! client's reply a saga stores when it ends.
 
 use crate::command::{EntryCommand, ExternalRef};
 use crate::currency::Currency;
@@ -29,11 +31,15 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+mod coordinator;
 mod cross_shard;
 mod legs;
+mod reply;
 
+pub use coordinator::*;
 pub use cross_shard::*;
 pub use legs::*;
+pub use reply::*;
 
 pub const TX_TYPE_SAGA_COMPENSATION: &str = "SAGA_COMPENSATION";
 

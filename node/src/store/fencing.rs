@@ -22,8 +22,8 @@ pub async fn prepare_shard(conn: &mut PgConnection, shard_id: u16) -> Result<(),
 /// re-plans the batch statement on every execution (its cost estimates favour plans made
 /// for the actual arrays), and planning a dozen data-modifying CTEs cost about as much
 /// as running them for the few commands of a batch at moderate load (0.7 ms of 1.8 ms,
-/// pg_stat_statements, docs/BENCHMARKS.md). The generic plan's index lookups suit every
-/// batch size the writer makes.
+/// pg_stat_statements; docs/BENCHMARKS.md, "Generic plans for the batch statement"). The
+/// generic plan's index lookups suit every batch size the writer makes.
 pub async fn use_generic_plans(conn: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::query(include_str!("sql/fencing/use_generic_plans.sql")).execute(conn).await?;
     Ok(())
