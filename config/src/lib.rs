@@ -40,7 +40,7 @@ fn default_hash() -> String {
     RING_HASH.to_owned()
 }
 
-pub const RING_HASH: &str = "splitmix64";
+pub const RING_HASH: &str = ledger_core::ring::HASH_NAME;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -24,6 +24,10 @@ pub type ShardId = u16;
 /// deployed cluster.
 pub const PROBES: u64 = 32;
 
+/// The name of the hash the ring places with, as the cluster config and the topology say
+/// it. Part of placement, like [`PROBES`].
+pub const HASH_NAME: &str = "splitmix64";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingParams {
     pub virtual_nodes_per_shard: u32,

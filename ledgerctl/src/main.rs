@@ -9,6 +9,7 @@ mod print;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use client::Client;
+use ledger_protocol::admin::{AuditReport, RebuildReport, Topology};
 use ledger_protocol::reply::{AccountObject, PostReply, StatementReply, TransactionObject};
 use ledger_protocol::request::{
     AccountRef, CreateAccountRequest, EmptyRequest, EntryRequest, ExternalRefRequest, GetTransactionRequest, PostRequest,
@@ -214,9 +215,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 StatementRequest { account_code: Some(code), limit: Some(limit.into()), from, to, ..Default::default() };
             show::<_, StatementReply>(&client, json, "accounts.statement", &request, print::statement).await
         }
-        Cmd::Topology => show::<_, Value>(&client, json, "admin.topology", &EmptyRequest {}, print::pretty).await,
+        Cmd::Topology => show::<_, Topology>(&client, json, "admin.topology", &EmptyRequest {}, print::topology).await,
         Cmd::Audit => {
-            let Ok(answer) = client.patient(SCAN_TIMEOUT).call::<_, Value>("admin.audit", &EmptyRequest {}).await? else {
+            let Ok(answer) = client.patient(SCAN_TIMEOUT).call::<_, AuditReport>("admin.audit", &EmptyRequest {}).await? else {
                 bail!("the audit was refused")
             };
             if json {
@@ -224,10 +225,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 print::audit(&answer.reply)
             }
-            Ok(if answer.reply["ok"] == true { 0 } else { 2 })
+            Ok(if answer.reply.ok { 0 } else { 2 })
         }
         Cmd::RebuildBalances => {
-            let Ok(answer) = client.patient(SCAN_TIMEOUT).call::<_, Value>("admin.rebuild_balances", &EmptyRequest {}).await?
+            let Ok(answer) =
+                client.patient(SCAN_TIMEOUT).call::<_, RebuildReport>("admin.rebuild_balances", &EmptyRequest {}).await?
             else {
                 bail!("the rebuild was refused")
             };
@@ -236,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 print::rebuilt(&answer.reply)
             }
-            Ok(if answer.reply["ok"] == true { 0 } else { 2 })
+            Ok(if answer.reply.ok { 0 } else { 2 })
         }
         Cmd::Raw { operation, body } => {
             let body: Value = serde_json::from_str(&body).context("the body must be JSON")?;

@@ -2,6 +2,7 @@
 //! when the reader has gone (`ledgerctl statement x | head`).
 
 use ledger_core::currency::Currency;
+use ledger_protocol::admin::{AuditReport, RebuildReport, Topology};
 use ledger_protocol::reply::{AccountObject, EntryReply, PostReply, StatementReply, TransactionObject, TxStatus};
 use serde_json::Value;
 
@@ -177,11 +178,8 @@ fn text(value: &Value) -> String {
     }
 }
 
-/// The audit, a line per shard and the cluster's checks. The operator replies are JSON
-/// the router assembles; the protocol crate has no types for them.
-pub fn audit(audit: &Value) {
-    let empty = Vec::new();
-    let count = |shard: &Value, list: &str| shard[list].as_array().map_or(0, Vec::len);
+/// The audit: a line per shard, then the cluster's checks.
+pub fn audit(audit: &AuditReport) {
     out!(
         "{:>5}  {:>10}  {:>12}  {:>6}  {:>10}  {:>6}  {:>9}",
         "shard",
@@ -192,53 +190,52 @@ pub fn audit(audit: &Value) {
         "sagas",
         "held legs"
     );
-    for shard in audit["shards"].as_array().unwrap_or(&empty) {
+    for shard in &audit.shards {
         out!(
             "{:>5}  {:>10}  {:>12}  {:>6}  {:>10}  {:>6}  {:>9}",
-            shard["shard_id"].to_string(),
-            shard["accounts"].to_string(),
-            shard["transactions"].to_string(),
-            count(shard, "projection_drift") + count(shard, "unsettled_drift"),
-            count(shard, "unbalanced_transactions"),
-            count(shard, "sagas_in_flight"),
-            count(shard, "held_legs"),
+            shard.shard_id,
+            shard.accounts,
+            shard.transactions,
+            shard.projection_drift.len() + shard.unsettled_drift.len(),
+            shard.unbalanced_transactions.len(),
+            shard.sagas_in_flight.len(),
+            shard.held_legs.len(),
         );
     }
-    for unreachable in audit["unreachable_shards"].as_array().unwrap_or(&empty) {
-        out!("shard {} unreachable: {}", unreachable["shard_id"], unreachable["error"]);
+    for unreachable in &audit.unreachable_shards {
+        out!("shard {} unreachable: {}", unreachable.shard_id, unreachable.error);
     }
-    let cluster = &audit["cluster"];
-    for currency in cluster["currencies"].as_array().unwrap_or(&empty) {
-        let mark = if currency["balanced"] == true { "balanced" } else { "NOT BALANCED" };
-        out!(
-            "{}: debits {} = credits {}: {mark}",
-            currency["currency"].as_str().unwrap_or("?"),
-            currency["debits_minor"].as_str().unwrap_or("?"),
-            currency["credits_minor"].as_str().unwrap_or("?"),
-        );
+    let cluster = &audit.cluster;
+    for currency in &cluster.currencies {
+        let mark = if currency.balanced { "balanced" } else { "NOT BALANCED" };
+        out!("{}: debits {} = credits {}: {mark}", currency.currency, currency.debits_minor, currency.credits_minor);
     }
-    out!("sagas in flight: {}", cluster["sagas_in_flight"]);
-    if cluster["holds_settled"] == false {
-        out!("saga legs still held with no saga in flight: {}", cluster["held_legs"]);
+    out!("sagas in flight: {}", cluster.sagas_in_flight);
+    if !cluster.holds_settled {
+        out!("saga legs still held with no saga in flight: {}", cluster.held_legs);
     }
-    for nonzero in cluster["clearing_nonzero"].as_array().unwrap_or(&empty) {
-        out!("clearing not settled: tenant {} {} sums to {}", nonzero["tenant_id"], nonzero["currency"], nonzero["sum_minor"]);
+    for nonzero in &cluster.clearing_nonzero {
+        out!("clearing not settled: tenant {} {} sums to {}", nonzero.tenant_id, nonzero.currency, nonzero.sum_minor);
     }
-    out!("audit: {}", if audit["ok"] == true { "ok" } else { "NOT OK" });
+    out!("audit: {}", if audit.ok { "ok" } else { "NOT OK" });
 }
 
-pub fn rebuilt(rebuilt: &Value) {
-    let empty = Vec::new();
-    for shard in rebuilt["shards"].as_array().unwrap_or(&empty) {
-        out!("shard {}: {} balance rows rewritten", shard["shard_id"], shard["corrected_count"]);
+pub fn rebuilt(rebuilt: &RebuildReport) {
+    for shard in &rebuilt.shards {
+        out!("shard {}: {} balance rows rewritten", shard.shard_id, shard.corrected_count);
     }
-    for unreachable in rebuilt["unreachable_shards"].as_array().unwrap_or(&empty) {
-        out!("shard {} not rebuilt: {}", unreachable["shard_id"], unreachable["error"]);
+    for unreachable in &rebuilt.unreachable_shards {
+        out!("shard {} not rebuilt: {}", unreachable.shard_id, unreachable.error);
     }
 }
 
-pub fn pretty(value: &Value) {
-    out!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+pub fn topology(topology: &Topology) {
+    out!("cluster {}", topology.cluster);
+    let ring = &topology.ring;
+    out!("ring: {} virtual nodes per shard, hash {}, {} probes", ring.virtual_nodes_per_shard, ring.hash, ring.probes);
+    let rows: Vec<Vec<String>> =
+        topology.shards.iter().map(|s| vec![s.shard_id.to_string(), s.node.clone().unwrap_or_else(|| "-".to_owned())]).collect();
+    table(&["shard", "node"], &rows);
 }
 
 #[cfg(test)]

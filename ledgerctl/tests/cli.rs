@@ -47,6 +47,14 @@ async fn ledgerctl_moves_money_and_shows_it_in_tables_and_json() {
     assert_eq!(tx["status"], "POSTED");
     let statement = run(&cluster, &["statement", "wallet:ann"]).await;
     assert!(stdout(&statement).contains(tx["ledger_tx_id"].as_str().unwrap()), "{}", stdout(&statement));
+
+    let audit = run(&cluster, &["audit"]).await;
+    assert_eq!(audit.status.code(), Some(0), "{}{}", stdout(&audit), stderr(&audit));
+    assert!(stdout(&audit).contains("USD: debits 2500 = credits 2500: balanced"), "{}", stdout(&audit));
+    let topology = run(&cluster, &["topology"]).await;
+    assert!(stdout(&topology).contains("virtual nodes per shard"), "{}", stdout(&topology));
+    let rebuilt = run(&cluster, &["rebuild-balances"]).await;
+    assert!(stdout(&rebuilt).contains("shard 0: 0 balance rows rewritten"), "{}", stdout(&rebuilt));
     cluster.finish().await;
 }
 

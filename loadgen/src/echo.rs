@@ -18,8 +18,8 @@ use async_nats::HeaderMap;
 use async_nats::service::ServiceExt;
 use bytes::Bytes;
 use futures::StreamExt;
+use ledger_protocol::admin::{RingParameters, Topology, TopologyShard};
 use ledger_protocol::headers;
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// The whole body of every answer to a post.
@@ -40,19 +40,19 @@ pub struct EchoTopology {
 }
 
 impl EchoTopology {
-    pub fn reply(&self) -> serde_json::Value {
-        let shards: Vec<_> = (0..self.shards).map(|id| json!({"shard_id": id, "node": null})).collect();
-        json!({
-            "cluster": ECHO_SERVICE,
-            "diagnostic_echo": true,
-            "shards": shards,
-            "nodes": [],
-            "ring": {
-                "virtual_nodes_per_shard": self.virtual_nodes_per_shard,
-                "points": self.shards as u64 * self.virtual_nodes_per_shard as u64,
-                "probes": ledger_core::ring::PROBES,
+    pub fn reply(&self) -> Topology {
+        Topology {
+            cluster: ECHO_SERVICE.to_owned(),
+            shards: (0..self.shards).map(|shard_id| TopologyShard { shard_id, node: None }).collect(),
+            nodes: Vec::new(),
+            ring: RingParameters {
+                virtual_nodes_per_shard: self.virtual_nodes_per_shard,
+                hash: ledger_core::ring::HASH_NAME.to_owned(),
+                points: self.shards as u64 * self.virtual_nodes_per_shard as u64,
+                probes: ledger_core::ring::PROBES,
             },
-        })
+            diagnostic_echo: true,
+        }
     }
 }
 
@@ -60,10 +60,9 @@ impl EchoTopology {
 pub async fn refuse_beside_a_ledger(client: &async_nats::Client) -> anyhow::Result<()> {
     let asked = tokio::time::timeout(LEDGER_PROBE_TIMEOUT, client.request(TOPOLOGY_SUBJECT, "{}".into())).await;
     if let Ok(Ok(answer)) = asked {
-        let cluster = serde_json::from_slice::<serde_json::Value>(&answer.payload)
-            .ok()
-            .and_then(|t| t["cluster"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| "something".to_owned());
+        let cluster = serde_json::from_slice::<Topology>(&answer.payload)
+            .map(|topology| topology.cluster)
+            .unwrap_or_else(|_| "something".to_owned());
         bail!("{cluster:?} already answers {TOPOLOGY_SUBJECT} on this NATS: ledger-echo runs only where no ledger serves");
     }
     Ok(())

@@ -26,10 +26,11 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use ledger_core::ring::{HashRing, RingParams, ShardId};
+use ledger_protocol::admin::Topology;
 use ledger_protocol::headers;
 use ledger_protocol::request::{CreateAccountRequest, EntryRequest, PostRequest};
 use report::{Latency, Phase};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -183,23 +184,16 @@ async fn connect(args: &Args) -> anyhow::Result<Target> {
         .await
         .with_context(|| format!("connect to {}", args.nats))?;
     let topology = client.request("ledger.v1.admin.topology", "{}".into()).await.context("ask the cluster's topology")?;
-    let topology: Value = serde_json::from_slice(&topology.payload)?;
-    let shards: Vec<ShardId> = topology["shards"]
-        .as_array()
-        .context("topology.shards")?
-        .iter()
-        .filter_map(|s| s["shard_id"].as_u64())
-        .map(|s| s as ShardId)
-        .collect();
-    let vnodes = topology["ring"]["virtual_nodes_per_shard"].as_u64().context("topology.ring")? as u32;
-    let ring = HashRing::new(&shards, RingParams { virtual_nodes_per_shard: vnodes });
+    let topology: Topology = serde_json::from_slice(&topology.payload).context("the topology is not in the protocol's form")?;
+    let shards: Vec<ShardId> = topology.shards.iter().map(|s| s.shard_id).collect();
+    let ring = HashRing::new(&shards, RingParams { virtual_nodes_per_shard: topology.ring.virtual_nodes_per_shard });
     Ok(Target {
         client,
         tenant: args.tenant.unwrap_or_else(Uuid::new_v4),
         ring,
         timeout: Duration::from_millis(args.request_timeout_ms),
         server_timing: args.server_timing,
-        diagnostic_echo: topology["diagnostic_echo"].as_bool().unwrap_or(false),
+        diagnostic_echo: topology.diagnostic_echo,
     })
 }
 

@@ -9,8 +9,10 @@
 //!   field named), and their conversion into validated core commands.
 //! - [`reply`]: reply bodies (account object, transaction replies, statements).
 //! - [`internal`]: router ↔ shard node messages; [`shard_reply`]: a shard's typed answer.
+//! - [`admin`]: the operator operations' replies.
 //! - [`headers`]: the optional timing headers (docs/PROTOCOL.md, "Server timing").
 
+pub mod admin;
 pub mod headers;
 pub mod internal;
 pub mod reply;

@@ -2,9 +2,9 @@
 
 use crate::*;
 use ledger_core::rejection::Rejection;
+use ledger_protocol::admin::{RebuildReport, RingParameters, Topology, TopologyNode, TopologyShard, UnreachableShard};
 use ledger_protocol::internal::{ShardReply, ShardRequest};
 use ledger_protocol::request::{EmptyRequest, parse};
-use serde_json::json;
 use std::time::Duration;
 
 impl Router {
@@ -39,10 +39,10 @@ impl Router {
         for (shard, reply) in futures::future::join_all(reads).await {
             match reply.data::<ledger_protocol::internal::ShardAudit>("audit") {
                 Ok(part) => parts.push(part),
-                Err(failed) => unreachable.push((shard, failed.body_value())),
+                Err(failed) => unreachable.push(UnreachableShard { shard_id: shard, error: failed.body_value() }),
             }
         }
-        ShardReply::ok(&audit::summarize(&parts, &unreachable))
+        ShardReply::ok(&audit::summarize(&parts, unreachable))
     }
 
     /// The recovery loop, forever: on every shard, the sagas whose coordinator stopped and
@@ -68,36 +68,33 @@ impl Router {
         for (shard, reply) in futures::future::join_all(rebuilds).await {
             match reply.data::<ledger_protocol::internal::RebuiltBalances>("rebuilt balances") {
                 Ok(part) => shards.push(part),
-                Err(failed) => unreachable.push(serde_json::json!({"shard_id": shard, "error": failed.body_value()})),
+                Err(failed) => unreachable.push(UnreachableShard { shard_id: shard, error: failed.body_value() }),
             }
         }
-        let corrected: i64 = shards.iter().map(|s| s.corrected_count).sum();
-        ShardReply::ok(&serde_json::json!({
-            "ok": unreachable.is_empty(),
-            "corrected_count": corrected,
-            "shards": shards,
-            "unreachable_shards": unreachable,
-        }))
+        let corrected_count: i64 = shards.iter().map(|s| s.corrected_count).sum();
+        ShardReply::ok(&RebuildReport { ok: unreachable.is_empty(), corrected_count, shards, unreachable_shards: unreachable })
     }
 
-    pub fn topology(&self) -> serde_json::Value {
-        let shards: Vec<_> = self
+    pub fn topology(&self) -> Topology {
+        let shards = self
             .config
             .shards
             .iter()
-            .map(|s| json!({"shard_id": s.id, "node": self.config.owner_of(s.id).map(|n| n.name.clone())}))
+            .map(|s| TopologyShard { shard_id: s.id, node: self.config.owner_of(s.id).map(|n| n.name.clone()) })
             .collect();
-        let nodes: Vec<_> = self.config.nodes.iter().map(|n| json!({"name": n.name, "shards": n.shards})).collect();
-        json!({
-            "cluster": self.config.cluster.name,
-            "shards": shards,
-            "nodes": nodes,
-            "ring": {
-                "virtual_nodes_per_shard": self.ring.params().virtual_nodes_per_shard,
-                "hash": self.config.ring.hash,
-                "points": self.ring.shards().len() as u64 * self.ring.params().virtual_nodes_per_shard as u64,
-                "probes": ledger_core::ring::PROBES,
+        let nodes = self.config.nodes.iter().map(|n| TopologyNode { name: n.name.clone(), shards: n.shards.clone() }).collect();
+        let virtual_nodes_per_shard = self.ring.params().virtual_nodes_per_shard;
+        Topology {
+            cluster: self.config.cluster.name.clone(),
+            shards,
+            nodes,
+            ring: RingParameters {
+                virtual_nodes_per_shard,
+                hash: self.config.ring.hash.clone(),
+                points: self.ring.shards().len() as u64 * virtual_nodes_per_shard as u64,
+                probes: ledger_core::ring::PROBES,
             },
-        })
+            diagnostic_echo: false,
+        }
     }
 }

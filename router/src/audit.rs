@@ -4,13 +4,13 @@
 //! currency; clearing accounts summing to zero per tenant and currency, and no saga leg
 //! still held, once no saga is in flight).
 
+use ledger_protocol::admin::{AuditReport, ClearingImbalance, ClusterChecks, CurrencyBalance, UnreachableShard};
 use ledger_protocol::internal::ShardAudit;
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// The audit report from the shards' parts; `unreachable` shards make it not ok.
-pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
+pub fn summarize(shards: &[ShardAudit], unreachable: Vec<UnreachableShard>) -> AuditReport {
     let mut totals: BTreeMap<&str, (i128, i128)> = BTreeMap::new();
     let mut clearing: BTreeMap<(Uuid, &str), i128> = BTreeMap::new();
     for shard in shards {
@@ -25,17 +25,23 @@ pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
     }
     let sagas_in_flight: usize = shards.iter().map(|s| s.sagas_in_flight.len()).sum();
     let held_legs: usize = shards.iter().map(|s| s.held_legs.len()).sum();
-    let currencies: Vec<Value> = totals
+    let currencies: Vec<CurrencyBalance> = totals
         .iter()
-        .map(|(currency, (debits, credits))| {
-            json!({"currency": currency, "debits_minor": debits.to_string(), "credits_minor": credits.to_string(),
-                   "balanced": debits == credits})
+        .map(|(currency, (debits, credits))| CurrencyBalance {
+            currency: currency.to_string(),
+            debits_minor: debits.to_string(),
+            credits_minor: credits.to_string(),
+            balanced: debits == credits,
         })
         .collect();
-    let clearing_nonzero: Vec<Value> = clearing
+    let clearing_nonzero: Vec<ClearingImbalance> = clearing
         .iter()
         .filter(|(_, sum)| **sum != 0)
-        .map(|((tenant, currency), sum)| json!({"tenant_id": tenant, "currency": currency, "sum_minor": sum.to_string()}))
+        .map(|((tenant, currency), sum)| ClearingImbalance {
+            tenant_id: *tenant,
+            currency: currency.to_string(),
+            sum_minor: sum.to_string(),
+        })
         .collect();
     // while a saga is in flight its clearing entries may be half posted
     let clearing_settled = clearing_nonzero.is_empty() || sagas_in_flight > 0;
@@ -48,19 +54,12 @@ pub fn summarize(shards: &[ShardAudit], unreachable: &[(u16, Value)]) -> Value {
         && totals.values().all(|(d, c)| d == c)
         && clearing_settled
         && holds_settled;
-    json!({
-        "ok": ok,
-        "shards": shards,
-        "unreachable_shards": unreachable.iter().map(|(id, error)| json!({"shard_id": id, "error": error})).collect::<Vec<_>>(),
-        "cluster": {
-            "currencies": currencies,
-            "sagas_in_flight": sagas_in_flight,
-            "clearing_nonzero": clearing_nonzero,
-            "clearing_settled": clearing_settled,
-            "held_legs": held_legs,
-            "holds_settled": holds_settled,
-        },
-    })
+    AuditReport {
+        ok,
+        shards: shards.to_vec(),
+        unreachable_shards: unreachable,
+        cluster: ClusterChecks { currencies, sagas_in_flight, clearing_nonzero, clearing_settled, held_legs, holds_settled },
+    }
 }
 
 #[cfg(test)]
@@ -79,16 +78,16 @@ mod tests {
 
     #[test]
     fn a_settled_cluster_is_ok() {
-        let report = summarize(&[shard(0, 100, 100, -40), shard(1, 50, 50, 40)], &[]);
-        assert_eq!(report["ok"], true);
+        let report = summarize(&[shard(0, 100, 100, -40), shard(1, 50, 50, 40)], vec![]);
+        assert!(report.ok);
     }
 
     #[test]
     fn cluster_wide_imbalance_or_unsettled_clearing_is_not_ok() {
-        assert_eq!(summarize(&[shard(0, 100, 90, 0)], &[])["ok"], false);
-        let unsettled = summarize(&[shard(0, 100, 100, -40), shard(1, 50, 50, 0)], &[]);
-        assert_eq!(unsettled["ok"], false);
-        assert_eq!(unsettled["cluster"]["clearing_nonzero"][0]["sum_minor"], "-40");
+        assert!(!summarize(&[shard(0, 100, 90, 0)], vec![]).ok);
+        let unsettled = summarize(&[shard(0, 100, 100, -40), shard(1, 50, 50, 0)], vec![]);
+        assert!(!unsettled.ok);
+        assert_eq!(unsettled.cluster.clearing_nonzero[0].sum_minor, "-40");
         // the same clearing balance is expected while a saga is half way
         let mut busy = shard(1, 50, 50, 0);
         busy.sagas_in_flight.push(SagaInFlight {
@@ -97,28 +96,29 @@ mod tests {
             state: "RUNNING".into(),
             updated_at: chrono::Utc::now(),
         });
-        assert_eq!(summarize(&[shard(0, 100, 100, -40), busy], &[])["ok"], true);
-        assert_eq!(summarize(&[shard(0, 1, 1, 0)], &[(1, Value::Null)])["ok"], false);
+        assert!(summarize(&[shard(0, 100, 100, -40), busy], vec![]).ok);
+        let unreachable = vec![UnreachableShard { shard_id: 1, error: serde_json::Value::Null }];
+        assert!(!summarize(&[shard(0, 1, 1, 0)], unreachable).ok);
         let mut drifting = shard(0, 1, 1, 0);
         drifting.projection_drift.push(Uuid::nil());
-        assert_eq!(summarize(&[drifting], &[])["ok"], false);
+        assert!(!summarize(&[drifting], vec![]).ok);
         let mut unsettled_drift = shard(0, 1, 1, 0);
         unsettled_drift.unsettled_drift.push(Uuid::nil());
-        assert_eq!(summarize(&[unsettled_drift], &[])["ok"], false);
+        assert!(!summarize(&[unsettled_drift], vec![]).ok);
     }
 
     #[test]
     fn a_held_leg_is_expected_only_while_a_saga_is_in_flight() {
         let mut held = shard(0, 1, 1, 0);
         held.held_legs.push(HeldLeg { saga_id: Uuid::nil(), tenant_id: Uuid::nil(), step: 0, created_at: chrono::Utc::now() });
-        let report = summarize(std::slice::from_ref(&held), &[]);
-        assert_eq!((report["ok"].clone(), report["cluster"]["held_legs"].clone()), (json!(false), json!(1)));
+        let report = summarize(std::slice::from_ref(&held), vec![]);
+        assert_eq!((report.ok, report.cluster.held_legs), (false, 1));
         held.sagas_in_flight.push(SagaInFlight {
             saga_id: Uuid::nil(),
             tenant_id: Uuid::nil(),
             state: "RUNNING".into(),
             updated_at: chrono::Utc::now(),
         });
-        assert_eq!(summarize(&[held], &[])["ok"], true);
+        assert!(summarize(&[held], vec![]).ok);
     }
 }
