@@ -14,7 +14,7 @@ use ledger_core::error_code::ErrorCode;
 use ledger_core::rejection::Rejection;
 use ledger_core::ring::ShardId;
 use ledger_core::saga::{
-    Drive, Effect, KnownAccount, Learnt, LegReplies, SagaKind, SagaRecord, SagaState, StepPhase, StepResult, plan_post,
+    Drive, Effect, KnownAccount, Learnt, LegReplies, ReferenceClaim, SagaKind, SagaRecord, SagaState, StepPhase, plan_post,
     plan_reverse, posted_reply, reversed_accounts, reversible, step as saga_step,
 };
 use ledger_protocol::internal::{AccountFacts, ClaimAnswer, ShardReply, ShardRequest};
@@ -79,25 +79,10 @@ impl Router {
         let run_first_step = draft.header.external_ref.is_none();
         let begin = Command::BeginSaga(Box::new(BeginSagaCommand { record: draft.clone(), run_first_step }));
         let answer = self.link.write(home, begin).await;
-        let mut leg_replies = LegReplies::new();
-        let record = match answer {
+        let opened = match answer {
             ShardReply::Claim(ClaimAnswer::SagaBegun { saga_id, created_at, first_step }) => {
-                let mut record = SagaRecord { saga_id, created_at, updated_at: created_at, ..draft };
-                if let Some(first_step) = first_step {
-                    record.count_attempt(0);
-                    match step_answer(*first_step) {
-                        StepAnswer::Done(reply) => {
-                            leg_replies.extend(reply.map(|r| (0, r)));
-                            record.record_step(0, StepResult::Posted, Utc::now());
-                        }
-                        StepAnswer::Refused { status, body } => {
-                            record.record_step(0, StepResult::Refused { status, body }, Utc::now())
-                        }
-                        // not executed after all: the coordinator sends it as usual
-                        StepAnswer::Unknown(_) => {}
-                    }
-                }
-                record
+                let record = SagaRecord { saga_id, created_at, updated_at: created_at, ..draft };
+                Drive::opened(record, first_step.map(|reply| forward_learnt(0, *reply)), Utc::now())
             }
             ShardReply::Claim(ClaimAnswer::Replay { ledger_tx_id }) => return self.replay(tenant_id, ledger_tx_id).await,
             ShardReply::Claim(ClaimAnswer::SagaInFlight { saga_id }) => return self.await_saga(home, tenant_id, saga_id).await,
@@ -106,7 +91,7 @@ impl Router {
             other => return ShardReply::internal(&format!("unexpected answer to a saga opening: {other:?}")),
         };
         let deadline = Instant::now() + self.link.request_timeout;
-        match self.finish_saga(record, deadline, leg_replies).await {
+        match self.finish_saga(opened.record, deadline, opened.leg_replies).await {
             Ok(record) => saga_reply(&record),
             Err(unavailable) => unavailable,
         }
@@ -145,30 +130,21 @@ impl Router {
         deadline: Instant,
         leg_replies: LegReplies,
     ) -> Result<SagaRecord, ShardReply> {
-        // Only a saga that has not turned back claims: one that turned back either holds
-        // the claim already (and releases it when it ends) or was refused for it.
-        if let Some(external_ref) = record.header.external_ref.clone()
-            && record.state == SagaState::Running
-        {
+        if let Some(external_ref) = record.reference_to_claim().cloned() {
             let home = self.ring.shard_for_key(record.tenant_id, &crate::external_ref_home_key(&external_ref));
             let claim = ClaimRefCommand {
                 tenant_id: record.tenant_id,
-                external_ref: external_ref.clone(),
+                external_ref,
                 idempotency_key: record.idempotency_key.clone(),
                 fingerprint: record.fingerprint.clone(),
             };
-            let answer = self.link.write(home, Command::ClaimRef(claim)).await;
-            let refusal = match answer {
-                ShardReply::Claim(ClaimAnswer::Claimed) => None,
-                ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id: Some(holder) }) => {
-                    Some(Rejection::DuplicateExternalRef { ledger_tx_id: holder })
-                }
-                ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id: None }) => Some(Rejection::InProgress),
+            let claimed = match self.link.write(home, Command::ClaimRef(claim)).await {
+                ShardReply::Claim(ClaimAnswer::Claimed) => ReferenceClaim::Claimed,
+                ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id: Some(holder) }) => ReferenceClaim::HeldBy(holder),
+                ShardReply::Claim(ClaimAnswer::Held { ledger_tx_id: None }) => ReferenceClaim::Pending,
                 other => return Err(other),
             };
-            if let Some(refusal) = refusal {
-                record.refuse(refusal.status(), refusal.to_body(), Utc::now());
-            }
+            record.take_reference_claim(claimed, Utc::now());
         }
         self.drive(record, deadline, leg_replies).await
     }
@@ -204,9 +180,8 @@ impl Router {
                 Effect::Stuck(why) => return Err(ShardReply::internal(&why)),
                 Effect::Retry => Learnt::Begin,
                 Effect::Forward(step) => match self.send_step(&drive.record, step, StepPhase::Forward).await {
-                    StepAnswer::Done(reply) => Learnt::Posted { step, reply },
-                    StepAnswer::Refused { status, body } => Learnt::Refused { step, status, body },
                     StepAnswer::Unknown(reply) => unanswered(deadline, reply).await?,
+                    answer => answer.forward(step),
                 },
                 Effect::Undo(step) => match self.send_step(&drive.record, step, StepPhase::Undo).await {
                     StepAnswer::Done(reply) => {
@@ -345,6 +320,22 @@ impl Router {
             }
         }
     }
+}
+
+impl StepAnswer {
+    /// A forward step's answer as the coordinator learns it (`Unknown` as no answer).
+    fn forward(self, step: usize) -> Learnt {
+        match self {
+            StepAnswer::Done(reply) => Learnt::Posted { step, reply },
+            StepAnswer::Refused { status, body } => Learnt::Refused { step, status, body },
+            StepAnswer::Unknown(_) => Learnt::NoAnswer,
+        }
+    }
+}
+
+/// The answer to forward step `step`, as the coordinator learns it.
+fn forward_learnt(step: usize, reply: ShardReply) -> Learnt {
+    step_answer(reply).forward(step)
 }
 
 fn step_answer(reply: ShardReply) -> StepAnswer {

@@ -9,6 +9,7 @@
 //! again by re-sending the steps, which replay on their shards.
 
 use super::*;
+use crate::rejection::Rejection;
 
 /// What the coordinator knows of one saga.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,56 @@ impl Drive {
     /// A drive of `record` as the log holds it, with the leg replies already known.
     pub fn new(record: SagaRecord, leg_replies: LegReplies) -> Drive {
         Drive { saved_state: record.state, record, leg_replies }
+    }
+
+    /// A saga its home shard has just opened, with the answer of its first step when the
+    /// home executed that step in the same batch: the answer a send of step 0 would have
+    /// got. Whatever else came back, the step was not executed and is sent as usual.
+    pub fn opened(mut record: SagaRecord, first_step: Option<Learnt>, now: DateTime<Utc>) -> Drive {
+        let mut leg_replies = LegReplies::new();
+        if let Some(learnt) = first_step {
+            record.count_attempt(0);
+            match learnt {
+                Learnt::Posted { reply, .. } => {
+                    leg_replies.extend(reply.map(|reply| (0, reply)));
+                    record.record_step(0, StepResult::Posted, now);
+                }
+                Learnt::Refused { status, body, .. } => record.record_step(0, StepResult::Refused { status, body }, now),
+                _ => {}
+            }
+        }
+        Drive::new(record, leg_replies)
+    }
+}
+
+/// How the home of a saga's external reference answered the saga's claim of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferenceClaim {
+    Claimed,
+    /// A posted transaction holds it.
+    HeldBy(Uuid),
+    /// Another request holds it and is still being decided.
+    Pending,
+}
+
+impl SagaRecord {
+    /// The external reference the coordinator must claim before it drives the saga, if
+    /// any. Only a saga that has not turned back claims: one that turned back either
+    /// holds the claim already (and releases it when it ends) or was refused for it. A
+    /// claim by the same key is idempotent, so a resuming coordinator claims again.
+    pub fn reference_to_claim(&self) -> Option<&ExternalRef> {
+        self.header.external_ref.as_ref().filter(|_| self.state == SagaState::Running)
+    }
+
+    /// Takes the claim's answer: a reference another transaction holds, or is still being
+    /// decided with, turns the saga back before any step.
+    pub fn take_reference_claim(&mut self, claim: ReferenceClaim, now: DateTime<Utc>) {
+        let refusal = match claim {
+            ReferenceClaim::Claimed => return,
+            ReferenceClaim::HeldBy(holder) => Rejection::DuplicateExternalRef { ledger_tx_id: holder },
+            ReferenceClaim::Pending => Rejection::InProgress,
+        };
+        self.refuse(refusal.status(), refusal.to_body(), now);
     }
 }
 

@@ -275,3 +275,32 @@ fn a_leg_that_posted_must_replay_as_posted_and_a_refused_undo_is_retried() {
     let (_, effect) = step(drive, Learnt::Begin, now());
     assert_eq!(effect, Effect::Undo(0), "tried again until it posts");
 }
+
+#[test]
+fn a_first_step_run_with_the_opening_counts_as_sent_and_a_taken_reference_turns_the_saga_back() {
+    let posted = Drive::opened(opened(2), Some(Learnt::Posted { step: 0, reply: Some(Shards::leg_reply(0)) }), now());
+    assert_eq!((posted.record.steps[0].status, posted.record.steps[0].attempts), (StepStatus::Posted, 1));
+    assert_eq!(posted.leg_replies.keys().collect::<Vec<_>>(), [&0]);
+    let refused = Drive::opened(opened(2), Some(Learnt::Refused { step: 0, status: 422, body: Shards::refusal_body() }), now());
+    assert_eq!(refused.record.state, SagaState::Compensating);
+    let (_, effect) = step(refused, Learnt::Begin, now());
+    assert_eq!(effect, Effect::SettleCompensated, "nothing posted: nothing to undo, and the turn is saved with the end");
+    let not_run = Drive::opened(opened(2), Some(Learnt::NoAnswer), now());
+    assert_eq!(not_run.record.steps[0].status, StepStatus::Pending);
+
+    let mut with_reference = opened(2);
+    with_reference.header.external_ref = Some(ExternalRef { ref_type: "psp".into(), reference: "r".into() });
+    assert!(with_reference.reference_to_claim().is_some());
+    let mut claimed = with_reference.clone();
+    claimed.take_reference_claim(ReferenceClaim::Claimed, now());
+    assert_eq!(claimed.state, SagaState::Running);
+    for (claim, code) in
+        [(ReferenceClaim::HeldBy(Uuid::nil()), "DUPLICATE_EXTERNAL_REF"), (ReferenceClaim::Pending, "IN_PROGRESS")]
+    {
+        let mut taken = with_reference.clone();
+        taken.take_reference_claim(claim, now());
+        assert_eq!(taken.state, SagaState::Compensating);
+        assert_eq!(taken.failure.as_ref().and_then(SagaFailure::code).map(|c| c.as_str()), Some(code));
+        assert_eq!(taken.reference_to_claim(), None, "a saga that turned back claims no more");
+    }
+}
