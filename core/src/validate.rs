@@ -19,6 +19,8 @@ pub const BUSINESS_REF_CHARS_MAX: usize = 128;
 pub const EXTERNAL_REF_TYPE_CHARS_MAX: usize = 64;
 pub const EXTERNAL_REF_CHARS_MAX: usize = 256;
 pub const METADATA_BYTES_MAX: usize = 8 * 1024;
+/// How deep a metadata object may nest (the object itself is level 1).
+pub const METADATA_DEPTH_MAX: usize = 32;
 pub const STATEMENT_LIMIT_MAX: u32 = 1000;
 
 /// Transaction types the ledger itself writes; clients may not post them directly.
@@ -77,7 +79,43 @@ pub fn metadata(field: &str, value: &serde_json::Value) -> Result<(), Rejection>
     if serialized_len(value) > METADATA_BYTES_MAX {
         return Err(Rejection::invalid(field, format!("must serialize to at most {METADATA_BYTES_MAX} bytes")));
     }
-    Ok(())
+    metadata_shape(field, value, 1)
+}
+
+/// Walks a metadata value: no deeper than [`METADATA_DEPTH_MAX`] (the messages between
+/// the ledger's processes wrap it in a few more levels, under the JSON decoder's limit of
+/// 128), and no U+0000 in a key or a string (PostgreSQL cannot store it in `jsonb`: one
+/// such value would fail the whole batch it is written with). The field named is the
+/// path to the offending value.
+fn metadata_shape(path: &str, value: &serde_json::Value, depth: usize) -> Result<(), Rejection> {
+    use serde_json::Value;
+    let nested = || Rejection::invalid(path, format!("must not nest deeper than {METADATA_DEPTH_MAX} levels"));
+    match value {
+        Value::String(text) if text.contains('\0') => Err(nul(path)),
+        Value::Array(items) => {
+            if depth > METADATA_DEPTH_MAX {
+                return Err(nested());
+            }
+            items.iter().enumerate().try_for_each(|(i, item)| metadata_shape(&format!("{path}[{i}]"), item, depth + 1))
+        }
+        Value::Object(members) => {
+            if depth > METADATA_DEPTH_MAX {
+                return Err(nested());
+            }
+            members.iter().try_for_each(|(key, member)| {
+                let member_path = format!("{path}.{key}");
+                if key.contains('\0') {
+                    return Err(nul(&member_path));
+                }
+                metadata_shape(&member_path, member, depth + 1)
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn nul(path: &str) -> Rejection {
+    Rejection::invalid(path, "must not contain the character U+0000")
 }
 
 /// The length of `value`'s JSON, counted without building it.
@@ -248,5 +286,19 @@ mod tests {
         assert!(tx_type("type", "REVERSAL").is_err());
         assert!(metadata("m", &serde_json::json!({"a": "x".repeat(9000)})).is_err());
         assert!(metadata("m", &serde_json::json!([1])).is_err());
+    }
+
+    #[test]
+    fn metadata_refuses_what_postgresql_cannot_store_or_the_internal_messages_cannot_carry() {
+        use serde_json::json;
+        let field_of = |value: serde_json::Value| metadata("metadata", &value).err().map(|r| r.details()["field"].clone());
+        assert_eq!(field_of(json!({"note": "fine", "list": [1, "two", {"deep": true}]})), None);
+        assert_eq!(field_of(json!({"note": "a\u{0}b"})), Some(json!("metadata.note")));
+        assert_eq!(field_of(json!({"list": ["ok", "x\u{0}"]})), Some(json!("metadata.list[1]")));
+        assert_eq!(field_of(json!({"k\u{0}": 1})), Some(json!("metadata.k\u{0}")));
+        let nest = |levels: usize| (1..levels).fold(json!({}), |inner, _| json!({"n": inner}));
+        assert_eq!(field_of(nest(METADATA_DEPTH_MAX)), None);
+        assert!(field_of(nest(METADATA_DEPTH_MAX + 1)).is_some());
+        assert_eq!(metadata("metadata", &nest(127)).unwrap_err().code(), "INVALID_REQUEST");
     }
 }

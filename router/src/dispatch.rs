@@ -34,9 +34,9 @@ impl Router {
         if let Some(operation) = subject.strip_prefix("ledger.v1.admin.") {
             return self.admin(operation, payload).await;
         }
-        let tenant_id = subject::tenant_of(subject)
-            .ok_or_else(|| Rejection::invalid("subject", "the tenant id must be a lowercase canonical UUID"))?;
-        let operation = &subject["ledger.v1.".len() + 36 + 1..];
+        let (tenant_id, operation) = subject::tenant_operation(subject).ok_or_else(|| {
+            Rejection::invalid("subject", "must be ledger.v1.<tenant id, a lowercase canonical UUID>.<resource>.<operation>")
+        })?;
         Ok(match operation {
             "accounts.create" => {
                 let command = parse::<CreateAccountRequest>(payload)?.into_command(tenant_id)?;

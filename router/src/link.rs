@@ -6,7 +6,7 @@ use ledger_config::ClusterConfig;
 use ledger_core::command::Command;
 use ledger_core::ring::ShardId;
 use ledger_protocol::internal::{ShardReply, ShardRequest};
-use ledger_protocol::subject::{self};
+use ledger_protocol::subject;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;

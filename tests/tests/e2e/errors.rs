@@ -188,6 +188,7 @@ async fn bad_input_is_refused_and_the_service_keeps_serving() {
         {"account_code": "cash", "side": "DEBIT", "amount_minor": 1, "currency": "IDR"},
         {"account_code": "bob", "side": "CREDIT", "amount_minor": i64::MAX, "currency": "IDR"},
     ]);
+    let deep_field = format!("metadata{}", ".n".repeat(32));
     let cases: Vec<(Vec<u8>, &str, u16, Option<&str>)> = vec![
         (b"{not json".to_vec(), "INVALID_REQUEST", 400, Some("body")),
         (b"[1,2]".to_vec(), "INVALID_REQUEST", 400, None),
@@ -230,6 +231,14 @@ async fn bad_input_is_refused_and_the_service_keeps_serving() {
         (with(&["entries", "1", "account_code"], json!("alice")).to_string().into_bytes(), "DUPLICATE_ACCOUNT", 400, None),
         (with(&["entries", "1", "account_code"], json!("usd")).to_string().into_bytes(), "CURRENCY_MISMATCH", 400, None),
         (format!(r#"{{"pad":"{}"}}"#, "x".repeat(65 * 1024)).into_bytes(), "TOO_LARGE", 413, None),
+        // PostgreSQL cannot store U+0000 in jsonb: refused here, never a failed batch
+        (with(&["metadata"], json!({"note": "a\u{0}b"})).to_string().into_bytes(), "INVALID_REQUEST", 400, Some("metadata.note")),
+        (
+            with(&["metadata"], (1..40).fold(json!({}), |inner, _| json!({"n": inner}))).to_string().into_bytes(),
+            "INVALID_REQUEST",
+            400,
+            Some(deep_field.as_str()),
+        ),
     ];
     let subject = format!("ledger.v1.{}.transactions.post", cluster.tenant);
     let before = cluster.footprint().await;

@@ -290,6 +290,17 @@ async fn forged_commands_sent_straight_to_a_shard_are_refused_and_write_nothing(
     let ShardReply::Batch(replies) = batch else { panic!("a batch answers a batch: {batch:?}") };
     assert_eq!(reply_code(&replies[0]).1["code"], "INVALID_REQUEST");
     assert_eq!(replies[1].status(), 200, "{}", replies[1].client_body());
+
+    // metadata PostgreSQL cannot store fails neither its batch nor its neighbours
+    let mut unstorable = post(tenant, "nul", vec![entry(cash, Side::Debit, 10, "IDR"), entry(alice, Side::Credit, 10, "IDR")]);
+    unstorable.metadata = json!({"note": "a\u{0}b"});
+    let neighbour = post(tenant, "neighbour", vec![entry(cash, Side::Debit, 10, "IDR"), entry(alice, Side::Credit, 10, "IDR")]);
+    let batch = cluster
+        .to_shard(0, &ShardRequest::WriteBatch { commands: vec![Command::Post(unstorable), Command::Post(neighbour)] })
+        .await;
+    let ShardReply::Batch(replies) = batch else { panic!("a batch answers a batch: {batch:?}") };
+    assert_eq!(reply_code(&replies[0]).1["details"]["field"], "metadata.note");
+    assert_eq!(replies[1].status(), 200, "{}", replies[1].client_body());
     let audit = cluster.audit().await;
     assert_eq!(audit["ok"], true, "{audit:#}");
     cluster.finish().await;
