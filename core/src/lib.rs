@@ -11,16 +11,18 @@
 //! - [`account`]: the in-memory state of an account that a shard writer holds.
 //! - [`command`]: validated write commands (create account, set status, post, reverse).
 //! - [`validate`]: stateless checks of a post (balance per currency, duplicates, limits).
+//! - [`error_code`]: the protocol's error codes as a type, with their statuses.
 //! - [`rejection`]: business outcomes that refuse a command, in precedence order.
 //! - [`recheck`]: the shard writer's own check of every command it is handed, whoever
 //!   sent it (the same rules and refusals as the router's).
 //! - [`batch`]: plans a whole batch of commands against account state: per-command
-//!   outcomes and the rows to write (the group-commit core).
+//!   outcomes and the rows to write (the group-commit core), one module per command.
 //! - [`fingerprint`]: request fingerprints for idempotency.
 //! - [`outbox_form`]: how an event is kept in the outbox (less what the row's columns
 //!   say) and put back whole for publishing.
 //! - [`ring`]: the consistent-hash ring that places accounts and keys on shards.
-//! - [`saga`]: cross-shard transactions: legs, clearing entries, the saga state machine.
+//! - [`saga`]: cross-shard transactions: legs, clearing entries, the saga state machine,
+//!   what a cross-shard request becomes, and the coordinator as a pure step.
 
 pub mod account;
 pub mod batch;

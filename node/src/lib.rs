@@ -5,7 +5,8 @@
 //! relay to JetStream.
 //!
 //! ## Layout
-//! - [`store`]: all SQL: migrations, set-based batch writes, reads.
+//! - [`store`]: everything said to PostgreSQL, one module per concern (fencing, prefetch,
+//!   the batch write, sagas, reads, audit, outbox), the SQL in `store/sql/`.
 //! - [`shard`]: the shard writer actor: batching, fencing, recovery after a failed commit.
 //! - [`supervisor`]: restarts a shard writer that died.
 //! - [`server`]: the node process: starts shards, serves internal requests.

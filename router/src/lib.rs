@@ -6,7 +6,7 @@
 //! hash ring, forwards the work to the shard that owns them, and relays the answer with
 //! the protocol's error headers.
 //!
-//! Transactions whose accounts live on different shards run as sagas ([`saga`]); every
+//! Transactions whose accounts live on different shards run as sagas (`saga`); every
 //! router also resumes sagas whose coordinator died.
 //!
 //! ## Layout

@@ -8,11 +8,11 @@
 //! that make the accepted ones durable; the shell writes them in one database
 //! transaction and only then lets the new state replace its cache.
 //!
-//! One module per concern, each adding its commands' methods to the [`Planner`]:
+//! One module per concern, each adding its commands' methods to the `Planner`:
 //! [`outcome`] (what a command's decision is and what the planner reads),
 //! [`rows`] (what it writes), `accounts`, `keys` (idempotency keys and external-reference
 //! claims), `post`, `reverse` and `saga_legs`. A new command is a new module and one arm
-//! in [`Planner::decide`].
+//! in `Planner::decide`.
 
 mod accounts;
 mod keys;

@@ -16,10 +16,10 @@
 //! resumes after a crash re-sends steps and gets the same answers: any number of
 //! coordinators reach the same end.
 //!
-//! [`legs`] splits a transaction into legs and balances each through its shard's clearing
-//! account; [`cross_shard`] decides what a cross-shard request becomes before its saga
-//! opens, and what its external reference's home learns when it ends; [`coordinator`] is
-//! the coordinator as a pure step over the log, executed by the router; [`reply`] is the
+//! `legs` splits a transaction into legs and balances each through its shard's clearing
+//! account; `cross_shard` decides what a cross-shard request becomes before its saga
+//! opens, and what its external reference's home learns when it ends; `coordinator` is
+//! the coordinator as a pure step over the log, executed by the router; `reply` is the
 //! client's reply a saga stores when it ends.
 
 use crate::command::{EntryCommand, ExternalRef};
